@@ -1,0 +1,16 @@
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "lint" / "rules"))
+
+
+def venv_env() -> dict:
+    """Environment for tools from the venv (molecule and ansible-lint call other venv binaries)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("ANSIBLE_NOCOLOR", "1")
+    env["NO_COLOR"] = "1"
+    return env
