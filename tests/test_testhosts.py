@@ -1,0 +1,67 @@
+"""Host lifecycle smoke test: up -> ansible ping -> systemd running -> down -> nothing left, twice."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, VENV_BIN, venv_env
+
+pytestmark = pytest.mark.hosts
+TOOL = [sys.executable, str(ROOT / "tools" / "testhosts.py")]
+FLEET = ["--fleet", "smoke", "--net", "10.231.9"]
+
+
+def tool(*args, check=True):
+    return subprocess.run([*TOOL, *args], capture_output=True, text=True, check=check, timeout=600)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _root_and_clean():
+    if os.geteuid() != 0:
+        pytest.skip("test hosts need root")
+    tool("down", "--fleet", "smoke")
+    yield
+    tool("down", "--fleet", "smoke", check=False)
+
+
+@pytest.mark.parametrize("cycle", [1, 2])
+def test_up_ping_running_down_leaves_nothing(cycle):
+    t0 = time.monotonic()
+    up = tool("up", "--count", "2", *FLEET)
+    boot_s = time.monotonic() - t0
+    state = json.loads(tool("status", "--fleet", "smoke").stdout)
+    assert sorted(state["hosts"]) == ["smoke1", "smoke2"], up.stderr
+    inventory = ROOT / "build" / "hosts" / "smoke" / "hosts.yml"
+
+    ping = subprocess.run(
+        [str(VENV_BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.ping", "-o"],
+        capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False,
+    )
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert ping.stdout.count('"ping": "pong"') == 2, ping.stdout
+
+    running = subprocess.run(
+        [str(VENV_BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.command",
+         "-a", "systemctl is-system-running", "-o"],
+        capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False,
+    )
+    assert running.stdout.count("(stdout) running") == 2, running.stdout + running.stderr
+
+    # Each host is a separate machine: its own hostname, PID 1 is systemd, own network namespace.
+    facts = subprocess.run(
+        [str(VENV_BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.setup",
+         "-a", "gather_subset=min,!all filter=ansible_service_mgr,ansible_hostname", "-o"],
+        capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False,
+    )
+    assert facts.stdout.count('"ansible_service_mgr": "systemd"') == 2, facts.stdout
+    assert '"ansible_hostname": "smoke1"' in facts.stdout and '"ansible_hostname": "smoke2"' in facts.stdout
+
+    tool("down", "--fleet", "smoke")
+    left = tool("leftovers", "--fleet", "smoke", check=False)
+    assert left.returncode == 0, left.stdout
+    assert all(v == [] for v in json.loads(left.stdout).values())
+    print(f"cycle {cycle}: up {boot_s:.1f}s (boot {state['boot_seconds']}s)")
