@@ -34,6 +34,11 @@ PY=$(scripts/find-python.sh)
 echo "setup: building $VENV with $PY ($("$PY" -V))"
 rm -rf "$VENV"
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
-"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e sample_app
+mkdir -p build
+if ! { "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt &&
+       "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps -e sample_app; } > build/setup-pip.log 2>&1; then
+  cat build/setup-pip.log >&2
+  echo "error: pip install failed (log above, also in build/setup-pip.log)" >&2
+  exit 1
+fi
 echo "$want" > "$VENV/.stamp"

@@ -33,6 +33,12 @@ def test_healthz_prefers_configured_port():
     assert app.test_client().get("/healthz").get_json()["port"] == 8123
 
 
+def test_healthz_port_from_app_port_env(monkeypatch):
+    monkeypatch.setenv("APP_PORT", "8007")
+    app = sampleapp.create_app()
+    assert app.test_client().get("/healthz", base_url="http://localhost:80").get_json()["port"] == 8007
+
+
 def test_version_comes_from_package_metadata():
     assert sampleapp.__version__ != "0.0.0+src"
 

@@ -20,8 +20,11 @@ DEFAULT_MAX_SLEEP = 30.0
 def create_app(config: dict | None = None) -> Flask:
     """Application factory. `config` overrides defaults; SAMPLEAPP_* env vars are read by `serve`."""
     app = Flask(__name__)
+    # The port this process listens on: set by sampleapp.serve, or APP_PORT from the service that runs
+    # it. Not SERVER_PORT: behind a trusted proxy waitress rewrites that to the client-facing port.
+    env_port = os.environ.get("APP_PORT")
     app.config.update(
-        SERVE_PORT=None,  # set by sampleapp.serve; falls back to the WSGI SERVER_PORT
+        SERVE_PORT=int(env_port) if env_port else None,
         MAX_SLEEP=DEFAULT_MAX_SLEEP,
         RELEASE=__version__,
     )
