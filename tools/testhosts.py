@@ -8,6 +8,7 @@ the hosts over ssh with `ip netns exec <ctl-ns> nc %h %p` as ProxyCommand.
     testhosts.py up   [--fleet local] [--count 2] [--net 10.231.1]   boot hosts, write inventory
     testhosts.py down [--fleet local]                                 stop hosts, remove everything
     testhosts.py status [--fleet local]                               JSON state
+    testhosts.py instances [--fleet local]                            molecule instance config (JSON)
     testhosts.py rootfs                                               build (or reuse) the rootfs
     testhosts.py leftovers [--fleet local]                            what of a fleet still exists
 
@@ -493,7 +494,7 @@ def leftovers(fleet: Fleet) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["up", "down", "status", "rootfs", "leftovers"])
+    p.add_argument("command", choices=["up", "down", "status", "instances", "rootfs", "leftovers"])
     p.add_argument("--fleet", default=os.environ.get("FLEET", "local"))
     p.add_argument("--count", type=int, default=int(os.environ.get("HOSTS", "2")))
     p.add_argument("--net", default=None, help="first three octets of the fleet's /24 (default 10.231.1)")
@@ -514,6 +515,10 @@ def main(argv: list[str] | None = None) -> int:
         down(fleet)
     elif args.command == "status":
         print(json.dumps(fleet.state(), indent=2))
+    elif args.command == "instances":  # molecule's instance config
+        key = str(ssh_key())
+        print(json.dumps([{"instance": h, "address": v["address"], "user": "root", "port": 22, "identity_file": key}
+                          for h, v in fleet.state().get("hosts", {}).items()]))
     elif args.command == "leftovers":
         left = leftovers(fleet)
         print(json.dumps(left, indent=2))

@@ -9,14 +9,16 @@ Builds the app's wheel, downloads binary wheels of its dependency closure for th
 controller, so a Windows-only dependency (e.g. click's colorama) would be missed: the closure is
 re-checked with the markers evaluated for the target, and what is missing is downloaded too.
 
-Prints one JSON line: {"archive": ..., "changed": bool, "wheels": [...]}. An existing archive is
-reused (changed=false). Safe to run concurrently (file lock).
+The archive name carries the version and a digest of the source tree, so changed source is never
+served from a stale archive. Prints one JSON line: {"archive", "digest", "changed", "wheels"}. An
+existing archive is reused (changed=false). Safe to run concurrently (file lock).
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -88,14 +90,31 @@ def download(reqs: list[str], dest: Path, target: str, python: str, find_links: 
     pip(*args, *reqs)
 
 
+SKIP_DIRS = {"build", "dist", "__pycache__", ".pytest_cache", ".git", ".venv"}
+
+
+def source_digest(source: Path) -> str:
+    """sha256 over the source tree's file names and contents (build outputs excluded)."""
+    h = hashlib.sha256()
+    for path in sorted(source.rglob("*")):
+        rel = path.relative_to(source)
+        if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts) or not path.is_file():
+            continue
+        if path.suffix in {".pyc", ".pyo"}:
+            continue
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def build(source: Path, version: str, target: str, python: str, out: Path, name: str) -> dict:
     ext = "zip" if target == "windows" else "tar.gz"
-    archive = out / f"{name}-{version}-{target}-py{python}.{ext}"
+    digest = source_digest(source)
+    archive = out / f"{name}-{version}-{target}-py{python}-{digest}.{ext}"
     out.mkdir(parents=True, exist_ok=True)
     with open(out / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if archive.exists():
-            return {"archive": str(archive), "changed": False, "wheels": list_archive(archive)}
+            return {"archive": str(archive), "digest": digest, "changed": False, "wheels": list_archive(archive)}
         with tempfile.TemporaryDirectory(dir=out) as tmp:
             wheels = Path(tmp) / "wheels"
             wheels.mkdir()
@@ -117,7 +136,7 @@ def build(source: Path, version: str, target: str, python: str, out: Path, name:
             tmp_archive = Path(tmp) / archive.name
             pack(wheels, tmp_archive)
             os.replace(tmp_archive, archive)
-    return {"archive": str(archive), "changed": True, "wheels": list_archive(archive)}
+    return {"archive": str(archive), "digest": digest, "changed": True, "wheels": list_archive(archive)}
 
 
 def pack(wheels: Path, archive: Path) -> None:
