@@ -28,6 +28,8 @@ def kinds(module, args):
          [("choices", "type")]),  # sub-options of a list of dicts
         ("ansible.windows.win_service",
          {"name": "a", "failure_actions": [{"type": "restart", "dealy_ms": 1}]}, [("unknown", "dealy_ms")]),
+        ("ansible.windows.win_acl", {"path": "C:\\x", "user": "u", "rights": "Modify", "type": "allow",
+                                     "inherit": "ContainerInherit, ObjectInheritance"}, [("choices", "inherit")]),
     ],
 )
 def test_bad_tasks_flagged(module, args, expected):
@@ -44,6 +46,9 @@ def test_bad_tasks_flagged(module, args, expected):
         ("ansible.windows.win_template", {"src": "a.j2", "dest": "C:\\a", "newline_sequence": "\\r\\n"}),
         ("ansible.windows.win_command", {"_raw_params": "whoami", "chdir": "C:\\"}),  # free form
         ("chocolatey.chocolatey.win_chocolatey", {"name": ["nginx"], "state": "present", "version": "1.26.2"}),
+        # documented as "a comma separated list"
+        ("ansible.windows.win_acl", {"path": "C:\\x", "user": "u", "rights": "Modify", "type": "allow",
+                                     "inherit": "ContainerInherit, ObjectInherit"}),
     ],
 )
 def test_correct_tasks_clean(module, args):

@@ -65,6 +65,12 @@ def module_doc(name: str) -> tuple[str, dict] | None:
     return ctx.resolved_fqcn, doc.get("options") or {}
 
 
+def _doc_text(description: Any) -> list[str]:
+    if isinstance(description, str):
+        return [description]
+    return [str(d) for d in description or []]
+
+
 def _check_value(option: str, spec: dict, value: Any, where: str) -> list[Problem]:
     if _has_jinja(value):
         return []
@@ -73,6 +79,10 @@ def _check_value(option: str, spec: dict, value: Any, where: str) -> list[Proble
     if choices and not isinstance(value, (dict, bool)) and value is not None:
         allowed = {str(c) for c in choices}
         values = value if isinstance(value, list) else [value]
+        # Options documented as comma-separated (list type, or a str whose doc says so) take "a, b".
+        comma_ok = spec.get("type") == "list" or "comma" in " ".join(_doc_text(spec.get("description"))).lower()
+        if comma_ok and isinstance(value, str) and "," in value:
+            values = [v.strip() for v in value.split(",")]
         for v in values:
             if not _has_jinja(v) and str(v) not in allowed:
                 problems.append(Problem("choices", option,

@@ -1,0 +1,223 @@
+"""L1: the roles' templates and service definitions rendered with Linux and with Windows values,
+checked by a real `nginx -t` and by parsing what the service manager will run."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN, venv_env
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+PORTS = [8001, 8002, 8003, 8004]
+WAITRESS_ARGS = [
+    "-m", "waitress", "--listen=127.0.0.1:8001", "--threads=8", "--connection-limit=200", "--channel-timeout=120",
+    "--max-request-body-size=10485760", "--backlog=1024", "--trusted-proxy=127.0.0.1",
+    "--trusted-proxy-headers=x-forwarded-for x-forwarded-proto", "--clear-untrusted-proxy-headers",
+    "--call", "sampleapp:create_app",
+]
+
+
+def render(out: Path, platform: str, **extra) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    extra_file = out / "extra.yml"
+    extra_file.write_text(yaml.safe_dump({"nginx_windows_root": str(out / "nginx"), **extra}))
+    env = venv_env()
+    env["ANSIBLE_FILTER_PLUGINS"] = str(ROOT / "roles/nssm_service/filter_plugins")
+    run = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), str(ROOT / "tests/render/render.yml"), "-e", f"out_dir={out}",
+         "-e", f"platform={platform}", "-e", "__nginx_config_rev=rev-under-test", "-e", f"@{extra_file}"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300, check=False,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return out
+
+
+def nginx_t(conf: Path, platform: str) -> subprocess.CompletedProcess:
+    """Run nginx -t on a rendered file. Windows renders get a prefix tree like the role lays down."""
+    if platform == "windows":
+        prefix = conf.parent / "nginx"
+        for d in ("conf", "logs", "temp"):
+            (prefix / d).mkdir(parents=True, exist_ok=True)
+        shutil.copy("/etc/nginx/mime.types", prefix / "conf/mime.types")
+        # win_template writes CRLF line endings.
+        (prefix / "conf/nginx.conf").write_bytes(conf.read_text().replace("\n", "\r\n").encode())
+        cmd = [NGINX, "-t", "-p", f"{prefix}/", "-c", "conf/nginx.conf"]
+    else:
+        cmd = [NGINX, "-t", "-c", str(conf)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False)
+
+
+@pytest.fixture(scope="module", params=["linux", "windows"])
+def rendered(request, tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("nginx -t with the real log and pid paths needs root")
+    platform = request.param
+    return platform, render(tmp_path_factory.mktemp(platform), platform)
+
+
+def test_nginx_accepts_the_config(rendered):
+    platform, out = rendered
+    res = nginx_t(out / "nginx.conf", platform)
+    assert res.returncode == 0, res.stderr
+    assert "test is successful" in res.stderr
+
+
+def test_upstream_is_exactly_the_backend_list(rendered):
+    _, out = rendered
+    conf = (out / "nginx.conf").read_text()
+    upstream = re.search(r"upstream sampleapp \{(.*?)\}", conf, re.S).group(1)
+    assert [int(p) for p in re.findall(r"server 127\.0\.0\.1:(\d+) ", upstream)] == PORTS
+    assert "localhost" not in conf
+    assert re.search(r"keepalive \d+;", upstream)
+    for directive in ('proxy_http_version 1.1;', 'proxy_set_header Connection "";', "proxy_next_upstream_tries 4;",
+                      "server_tokens off;", "listen 127.0.0.1:8079;", 'return 200 "rev-under-test\\n";',
+                      "proxy_set_header X-Forwarded-For $remote_addr;"):
+        assert directive in conf
+
+
+def test_platform_specific_worker_settings(rendered):
+    platform, out = rendered
+    conf = (out / "nginx.conf").read_text()
+    if platform == "windows":
+        assert "worker_processes 1;" in conf and "worker_connections 1000;" in conf
+        assert not re.search(r"^user ", conf, re.M)
+        assert f"{out}/nginx/logs/nginx.pid" in conf  # forward slashes under the prefix
+    else:
+        assert "worker_processes auto;" in conf and "user www-data;" in conf
+        assert "worker_rlimit_nofile 8192;" in conf
+
+
+def test_nginx_rejects_a_broken_value(tmp_path):
+    """The check can fail: a bad timeout makes nginx -t refuse the candidate."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    out = render(tmp_path, "linux", nginx_proxy_read_timeout="soon")
+    res = nginx_t(out / "nginx.conf", "linux")
+    assert res.returncode != 0
+    assert "proxy_read_timeout" in res.stderr
+
+
+def test_drained_backend_and_tls_render_valid(tmp_path):
+    if os.geteuid() != 0 or not shutil.which("openssl"):
+        pytest.skip("needs root and openssl")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test",
+                    "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+                   check=True, capture_output=True)
+    out = render(tmp_path / "r", "linux", nginx_upstream_down_ports=[8002], nginx_tls_enabled=True)
+    conf = (out / "nginx.conf").read_text()
+    assert "server 127.0.0.1:8002 max_fails=1 fail_timeout=5s down;" in conf
+    assert "server 127.0.0.1:8001 max_fails=1 fail_timeout=5s;" in conf
+    # Point the certificate paths at the test pair and check the whole config.
+    conf = conf.replace("/etc/nginx/tls/site.crt", str(tmp_path / "c.pem"))
+    conf = conf.replace("/etc/nginx/tls/site.key", str(tmp_path / "k.pem"))
+    (out / "tls.conf").write_text(conf)
+    res = nginx_t(out / "tls.conf", "linux")
+    assert res.returncode == 0, res.stderr
+    assert "listen 443 ssl default_server;" in conf
+
+
+def cmdline_to_argv(s: str) -> list[str]:
+    """CommandLineToArgvW / MS C runtime parsing (how python.exe splits NSSM's AppParameters)."""
+    args, i, n = [], 0, len(s)
+    while i < n:
+        while i < n and s[i] in " \t":
+            i += 1
+        if i >= n:
+            break
+        arg, quoted = "", False
+        while i < n and (quoted or s[i] not in " \t"):
+            if s[i] == "\\":
+                j = i
+                while j < n and s[j] == "\\":
+                    j += 1
+                if j < n and s[j] == '"':
+                    arg += "\\" * ((j - i) // 2)
+                    if (j - i) % 2:
+                        arg += '"'
+                        j += 1
+                    i = j
+                else:
+                    arg += "\\" * (j - i)
+                    i = j
+            elif s[i] == '"':
+                if quoted and i + 1 < n and s[i + 1] == '"':
+                    arg += '"'
+                    i += 2
+                else:
+                    quoted = not quoted
+                    i += 1
+            else:
+                arg += s[i]
+                i += 1
+        args.append(arg)
+    return args
+
+
+def test_windows_service_definition(tmp_path):
+    out = render(tmp_path, "windows")
+    s = json.loads((out / "settings.json").read_text())
+    reg = {r["name"]: r for r in s["nssm_registry"]}
+    assert s["executable"] == r"C:\Program Files\sampleapp\current\venv\Scripts\python.exe"
+    assert s["nssm_user"] == r"NT SERVICE\sampleapp-8001"
+    assert reg["Application"]["data"] == s["executable"]
+    assert cmdline_to_argv(reg["AppParameters"]["data"]) == WAITRESS_ARGS
+    assert reg["AppDirectory"]["data"] == r"C:\Program Files\sampleapp\current"
+    assert reg["AppEnvironmentExtra"] == {"name": "AppEnvironmentExtra", "type": "multistring",
+                                          "data": ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]}
+    # Logs appended across restarts (OPEN_ALWAYS), rotated online by size, never by age.
+    assert reg["AppStdout"]["data"] == r"C:\ProgramData\sampleapp\logs\sampleapp-8001.out.log"
+    expected_dwords = {"AppStdoutCreationDisposition": 4, "AppStderrCreationDisposition": 4, "AppRotateFiles": 1,
+                       "AppRotateOnline": 1, "AppRotateSeconds": 0, "AppNoConsole": 1, "AppKillProcessTree": 1,
+                       "AppStopMethodConsole": 35000, "AppThrottle": 1500, "AppRestartDelay": 1000}
+    assert {k: int(reg[k]["data"]) for k in expected_dwords} == expected_dwords
+    assert all(reg[k]["type"] == "dword" for k in expected_dwords)
+
+
+def test_linux_unit_runs_the_same_backend(tmp_path):
+    out = render(tmp_path, "linux")
+    unit = (out / "sampleapp-8001.service").read_text()
+    fields = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            k, v = line.split("=", 1)
+            fields.setdefault(k, []).append(v)
+    assert unit.startswith("#\n# Ansible managed")
+    assert shlex.split(fields["ExecStart"][0]) == ["/opt/sampleapp/current/venv/bin/python", *WAITRESS_ARGS]
+    assert sorted(fields["Environment"]) == ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
+    assert fields["User"] == ["sampleapp"] and fields["Restart"] == ["always"]
+    assert fields["KillSignal"] == ["SIGINT"] and fields["TimeoutStopSec"] == ["35000ms"]
+    assert fields["ReadWritePaths"] == ["/var/log/sampleapp"] and fields["ProtectSystem"] == ["strict"]
+    assert "RestartSteps" not in fields  # systemd 252 (bookworm) has no stepped backoff
+
+
+@pytest.fixture(scope="module")
+def quoting():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quoting", ROOT / "roles/nssm_service/filter_plugins/quoting.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("args", [
+    ["plain", "--flag=1"],
+    [r"C:\Program Files\app\python.exe", "-m", "waitress"],
+    ['say "hi"', r"trailing\\", r"C:\dir with space\\", "", r'a\"b', "tab\there"],
+])
+def test_win_argv_round_trips_through_commandlinetoargvw(quoting, args):
+    assert cmdline_to_argv(quoting.win_argv(args)) == args
+
+
+@pytest.mark.parametrize("value", ["plain", "with space", 'quote"d', "100%", "$HOME", r"back\slash", ""])
+def test_systemd_quote_round_trips(quoting, value):
+    # systemd unquotes like a shell word, then expands $$ -> $ and %% -> % (exec lines).
+    parsed = shlex.split(quoting.systemd_quote(value))
+    assert [p.replace("$$", "$").replace("%%", "%") for p in parsed] == [value]
