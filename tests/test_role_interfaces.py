@@ -1,6 +1,8 @@
 """Each role's documented API: defaults/main.yml, meta/argument_specs.yml and README agree."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -45,3 +47,8 @@ def test_every_variable_prefixed_and_in_readme(role):
 def test_templates_carry_ansible_managed(role):
     for tpl in (ROOT / "roles" / role / "templates").glob("*.j2"):
         assert tpl.read_text().startswith("{{ ansible_managed | comment }}"), tpl
+
+
+def test_readme_variable_tables_are_current():
+    res = subprocess.run([sys.executable, str(ROOT / "tools/role_docs.py"), "--check"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -166,6 +166,7 @@ def test_windows_service_definition(tmp_path):
     reg = {r["name"]: r for r in s["nssm_registry"]}
     assert s["executable"] == r"C:\Program Files\sampleapp\current\venv\Scripts\python.exe"
     assert s["nssm_user"] == r"NT SERVICE\sampleapp-8001"
+    assert s["base_python"] == r"C:\Program Files\Python312\tools\python.exe"  # nuget strategy
     assert reg["Application"]["data"] == s["executable"]
     assert cmdline_to_argv(reg["AppParameters"]["data"]) == WAITRESS_ARGS
     assert reg["AppDirectory"]["data"] == r"C:\Program Files\sampleapp\current"
