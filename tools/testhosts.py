@@ -9,6 +9,7 @@ the hosts over ssh with `ip netns exec <ctl-ns> nc %h %p` as ProxyCommand.
     testhosts.py down [--fleet local]                                 stop hosts, remove everything
     testhosts.py status [--fleet local]                               JSON state
     testhosts.py instances [--fleet local]                            molecule instance config (JSON)
+    testhosts.py urls [--fleet local]                                 how to reach each site
     testhosts.py rootfs                                               build (or reuse) the rootfs
     testhosts.py leftovers [--fleet local]                            what of a fleet still exists
 
@@ -494,7 +495,7 @@ def leftovers(fleet: Fleet) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["up", "down", "status", "instances", "rootfs", "leftovers"])
+    p.add_argument("command", choices=["up", "down", "status", "instances", "urls", "rootfs", "leftovers"])
     p.add_argument("--fleet", default=os.environ.get("FLEET", "local"))
     p.add_argument("--count", type=int, default=int(os.environ.get("HOSTS", "2")))
     p.add_argument("--net", default=None, help="first three octets of the fleet's /24 (default 10.231.1)")
@@ -519,6 +520,11 @@ def main(argv: list[str] | None = None) -> int:
         key = str(ssh_key())
         print(json.dumps([{"instance": h, "address": v["address"], "user": "root", "port": 22, "identity_file": key}
                           for h, v in fleet.state().get("hosts", {}).items()]))
+    elif args.command == "urls":
+        state = fleet.state()
+        print("The hosts live in network namespaces; from the controller:")
+        for h, v in state.get("hosts", {}).items():
+            print(f"  ip netns exec {state['ctl_ns']} curl http://{v['address']}/test    # {h}")
     elif args.command == "leftovers":
         left = leftovers(fleet)
         print(json.dumps(left, indent=2))
