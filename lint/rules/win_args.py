@@ -142,7 +142,6 @@ class WinArgsRule(AnsibleLintRule):  # type: ignore[misc,valid-type]
                    "their DOCUMENTATION, which ansible-lint's args rule skips.")
     tags = ["syntax", "windows"]
     version_changed = "1.0.0"
-    unloadable = True  # stays on under any profile: profiles only list ansible-lint's own rules
     _ids = {
         "win-args[unknown]": "unknown option",
         "win-args[required]": "missing required option",
