@@ -99,15 +99,22 @@ def versions(state):
     return {h: sorted({(b or {}).get("version") for b in ports.values()}, key=str) for h, ports in state.items()}
 
 
-def nginx_master_pid(host):
-    out = subprocess.run(["ip", "netns", "exec", f"ffh-{host}", "curl", "-s", "http://127.0.0.1:8079/config-rev"],
-                         capture_output=True, text=True, check=False)
-    assert out.stdout.strip(), "status server answers"
-    pids = subprocess.run(["pgrep", "-f", "nginx: master process"], capture_output=True, text=True).stdout.split()
-    # The master of this host is the one whose network namespace is the host's.
-    ns = os.readlink(f"/run/netns/ffh-{host}") if os.path.islink(f"/run/netns/ffh-{host}") else None
+def nginx_master(host):
+    """(pid, served config revision) of the host's nginx master, found by its network namespace."""
     host_ns = os.stat(f"/run/netns/ffh-{host}").st_ino
-    return [p for p in pids if os.stat(f"/proc/{p}/ns/net").st_ino == host_ns and ns is None]
+    masters = []
+    for pid in os.listdir("/proc"):
+        try:
+            if (pid.isdigit() and open(f"/proc/{pid}/comm").read().strip() == "nginx"
+                    and os.stat(f"/proc/{pid}/ns/net").st_ino == host_ns
+                    and "master process" in open(f"/proc/{pid}/cmdline").read()):
+                masters.append(int(pid))
+        except OSError:
+            continue
+    rev = subprocess.run(["ip", "netns", "exec", f"ffh-{host}", "curl", "-s", "http://127.0.0.1:8079/config-rev"],
+                         capture_output=True, text=True, check=False).stdout.strip()
+    assert len(masters) == 1, masters
+    return masters[0], rev
 
 
 def record(name, seconds, stats, rc):
@@ -150,8 +157,9 @@ def fleet():
 def test_rollout_of_a_new_version_drops_nothing():
     before = fleet_state()
     assert set(sum(versions(before).values(), [])) == {"1.0.0"}
+    # A ramp: one host first, then the other two (one host always stays in the load balancer).
     rc, out, seconds, stats = playbook("deploy.yml", flask_app_source_dir=str(release("1.1.0")),
-                                       flask_app_version="1.1.0")
+                                       flask_app_version="1.1.0", deploy_serial=[1, 2])
     record("deploy 1.1.0", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     after = fleet_state()
@@ -181,7 +189,7 @@ def test_broken_release_halts_after_first_batch_and_rolls_back():
 
 
 def test_rollback_playbook_returns_everywhere_to_the_previous_release():
-    rc, out, seconds, stats = playbook("playbooks/rollback.yml")
+    rc, out, seconds, stats = playbook("playbooks/rollback.yml", deploy_serial=[1, 2])
     record("rollback.yml", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     assert versions(fleet_state()) == {h: ["1.0.0"] for h in HOSTS}
@@ -189,33 +197,31 @@ def test_rollback_playbook_returns_everywhere_to_the_previous_release():
 
 
 def test_a_changed_setting_restarts_only_what_it_touches():
-    # Back on the newest good release first (no load needed for the setup).
-    rc, out, _, _ = playbook("deploy.yml", load=False, flask_app_source_dir=str(release("1.1.0")),
-                             flask_app_version="1.1.0")
-    assert rc == 0, out[-3000:]
+    app = {"flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "deploy_serial": [1, 2]}
     before = fleet_state()
+    nginx_before = {h: nginx_master(h) for h in HOSTS}
     # An nginx-only setting: reloads nginx, restarts no backend.
-    rc, out, seconds, stats = playbook("deploy.yml", flask_app_source_dir=str(release("1.1.0")),
-                                       flask_app_version="1.1.0", nginx_client_max_body_size="20m")
+    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="20m")
     record("nginx setting", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     mid = fleet_state()
     assert mid == before
+    nginx_mid = {h: nginx_master(h) for h in HOSTS}
+    # Reloaded with the new config (new revision served), never restarted (same master process).
+    assert all(nginx_mid[h][0] == nginx_before[h][0] and nginx_mid[h][1] != nginx_before[h][1] for h in HOSTS)
     assert_no_failures("nginx setting", stats)
     # A backend setting: every backend restarted, one at a time, under load.
-    rc, out, seconds, stats = playbook("deploy.yml", flask_app_source_dir=str(release("1.1.0")),
-                                       flask_app_version="1.1.0", nginx_client_max_body_size="20m",
-                                       flask_app_threads=6)
+    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="20m", flask_app_threads=6)
     record("backend setting", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     after = fleet_state()
     assert all(after[h][p]["pid"] != mid[h][p]["pid"] for h in HOSTS for p in (8001, 8002))
+    assert all(nginx_master(h) == nginx_mid[h] for h in HOSTS)  # same process, same config after the drains
     assert_no_failures("backend setting", stats)
     # One more backend: only the new one starts; the existing ones keep their processes.
-    rc, out, seconds, _ = playbook("deploy.yml", load=False, flask_app_source_dir=str(release("1.1.0")),
-                                   flask_app_version="1.1.0", nginx_client_max_body_size="20m",
-                                   flask_app_threads=6, flask_app_backend_count=3)
+    rc, out, seconds, _ = playbook("deploy.yml", load=False, **{**app, "deploy_serial": "100%"},
+                                   nginx_client_max_body_size="20m", flask_app_threads=6, flask_app_backend_count=3)
     assert rc == 0, out[-3000:]
     grown = {h: {p: backend(h, p) for p in (8001, 8002, 8003)} for h in HOSTS}
     assert all(grown[h][p]["pid"] == after[h][p]["pid"] for h in HOSTS for p in (8001, 8002))
-    assert all(grown[h][8003]["version"] == "1.1.0" for h in HOSTS)
+    assert all(grown[h][8003]["version"] == "1.0.0" for h in HOSTS)
