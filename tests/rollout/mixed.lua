@@ -1,9 +1,9 @@
 -- Mixed load for the rollout tests: 70% GET /test, 30% POST /echo with a 512-byte body.
 local body = string.rep("x", 512)
 local headers = { ["Content-Type"] = "application/octet-stream" }
--- Pace each connection (about 25 requests/s each) so the 2-core machine keeps room for the rollout.
+-- Pace each connection (about 12 requests/s each) so the 2-core machine keeps room for the rollout.
 delay = function()
-  return 40
+  return 80
 end
 
 request = function()
