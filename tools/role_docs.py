@@ -27,6 +27,10 @@ def table(role: str) -> str:
     specs = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())["argument_specs"]
     lines = []
     for entry, spec in specs.items():
+        if entry != "main" and spec["options"] == specs["main"]["options"]:
+            lines += [f"Entry point `{entry}`: {cell(spec.get('short_description', ''))} (the same variables as"
+                      " `main`).", ""]
+            continue
         lines += [f"Entry point `{entry}`: {cell(spec.get('short_description', ''))}", "",
                   "| Variable | Type | Default | Description |", "|---|---|---|---|"]
         for name, opt in spec["options"].items():
