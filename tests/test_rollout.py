@@ -181,8 +181,6 @@ def test_broken_release_halts_after_first_batch_and_rolls_back():
     # Later batches were never touched: same backend processes, and no 1.2.0 release on them.
     for h in HOSTS[1:]:
         assert {p: after[h][p]["pid"] for p in (8001, 8002)} == {p: before[h][p]["pid"] for p in (8001, 8002)}
-        ls = subprocess.run(["ip", "netns", "exec", f"ffh-{h}", "true"], check=False)
-        assert ls.returncode == 0
         assert not (ROOT / f"build/hosts/{FLEET}/{h}/upper/opt/sampleapp/releases/1.2.0").exists()
     assert (ROOT / f"build/hosts/{FLEET}/{HOSTS[0]}/upper/opt/sampleapp/releases/1.2.0").exists()
     assert_no_failures("deploy broken 1.2.0", stats)
