@@ -24,6 +24,7 @@ setup:
 lint: setup
 	yamllint --strict .
 	ansible-lint
+	python tools/inventory_policy.py inventory
 
 pytest: setup
 	python -m pytest $(PYTEST_ARGS)

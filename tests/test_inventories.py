@@ -2,7 +2,9 @@
 
 import json
 import subprocess
+import sys
 
+import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
@@ -42,3 +44,45 @@ def test_deploy_syntax_and_task_list_against_prod_inventory():
     for step in ("Install the release and run its backends", "Put nginx in front of the backends",
                  "Pass the health gate through nginx"):
         assert step in res.stdout
+
+
+# ------------------------------------------------------------------ transport policy (tools/inventory_policy.py)
+
+SECURE = {"ansible_connection": "psrp", "ansible_psrp_protocol": "https", "ansible_psrp_cert_validation": "validate",
+          "ansible_psrp_auth": "negotiate"}
+
+
+@pytest.mark.parametrize("name,extra,rule", [
+    ("cert validation off", {"ansible_psrp_cert_validation": "ignore"}, "cert-validation"),
+    ("winrm cert validation off", {"ansible_connection": "winrm", "ansible_winrm_server_cert_validation": "ignore"},
+     "cert-validation"),
+    ("basic over http", {"ansible_psrp_auth": "basic", "ansible_psrp_protocol": "http"}, "basic-over-http"),
+    ("basic on 5985", {"ansible_winrm_transport": "basic", "ansible_port": 5985}, "basic-over-http"),
+    ("no message encryption", {"ansible_psrp_message_encryption": "never"}, "unencrypted"),
+    ("AllowUnencrypted", {"winrm_setup": "winrm set winrm/config/service @{AllowUnencrypted=\"true\"}"},
+     "unencrypted"),
+    ("old CredSSP", {"ansible_psrp_auth": "credssp"}, "credssp-version"),
+])
+def test_inventory_policy_refuses_insecure_transport(tmp_path, name, extra, rule):
+    inv = tmp_path / "prod"
+    (inv / "group_vars/windows").mkdir(parents=True)
+    (inv / "group_vars/windows/connection.yml").write_text(yaml.safe_dump({**SECURE, **extra}))
+    policy = [sys.executable, str(ROOT / "tools/inventory_policy.py"), str(tmp_path)]
+    res = subprocess.run(policy, capture_output=True, text=True, check=False)
+    assert res.returncode == 1 and f"[{rule}]" in res.stderr, (name, res.stderr)
+    # The same settings in an inventory marked as a lab are reported, not failed.
+    (inv / "group_vars/all").mkdir()
+    (inv / "group_vars/all/lab.yml").write_text("inventory_lab: true\n")
+    res = subprocess.run(policy, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and f"[{rule}]" in res.stdout
+
+
+def test_inventory_policy_accepts_the_shipped_inventories_and_credssp_5(tmp_path):
+    inv = tmp_path / "ok/group_vars/windows"
+    inv.mkdir(parents=True)
+    (inv / "c.yml").write_text(yaml.safe_dump({**SECURE, "ansible_psrp_auth": "credssp",
+                                               "ansible_psrp_credssp_minimum_version": 5}))
+    for target in (tmp_path, ROOT / "inventory"):
+        res = subprocess.run([sys.executable, str(ROOT / "tools/inventory_policy.py"), str(target)],
+                             capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr

@@ -191,7 +191,10 @@ def test_linux_unit_runs_the_same_backend(tmp_path):
             fields.setdefault(k, []).append(v)
     assert unit.startswith("#\n# Ansible managed")
     assert shlex.split(fields["ExecStart"][0]) == ["/opt/sampleapp/current/venv/bin/python", *WAITRESS_ARGS]
-    assert sorted(fields["Environment"]) == ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
+    assert "Environment" not in fields  # secrets stay out of the world-readable unit
+    assert fields["EnvironmentFile"] == ["/etc/systemd/system/sampleapp-8001.env"]
+    env = [line for line in (out / "sampleapp-8001.env").read_text().splitlines() if not line.startswith("#")]
+    assert sorted(env) == ['APP_PORT="8001"', 'PYTHONDONTWRITEBYTECODE="1"', 'PYTHONUNBUFFERED="1"']
     assert fields["User"] == ["sampleapp"] and fields["Restart"] == ["always"]
     assert fields["KillSignal"] == ["SIGINT"] and fields["TimeoutStopSec"] == ["35000ms"]
     assert fields["ReadWritePaths"] == ["/var/log/sampleapp"] and fields["ProtectSystem"] == ["strict"]

@@ -266,7 +266,7 @@ def unmount_under(path: Path) -> None:
 
 def boot(fleet: Fleet, host: str, copy: Path) -> int:
     console = fleet.dir / f"{host}.console.log"
-    with open(console, "w") as con:
+    with open(console, "a") as con:
         proc = subprocess.Popen(
             ["systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--resolv-conf=off",
              "--console=passive", "--link-journal=no", f"--directory={copy}", f"--machine={host}",
@@ -491,13 +491,44 @@ def leftovers(fleet: Fleet) -> dict:
     }
 
 
+def reboot(fleet: Fleet, host: str) -> float:
+    """Power one host off cleanly and boot it again on the same disk (its overlay stays mounted).
+    Returns the seconds from power-off until systemd reports running and sshd answers."""
+    state = fleet.state()
+    h = state.get("hosts", {}).get(host)
+    if not h:
+        raise SystemExit(f"error: no host {host!r} in fleet {fleet.name}")
+    t0 = time.monotonic()
+    pid = h["nspawn_pid"]
+    if alive(pid):
+        init = container_init(pid)
+        if init:
+            os.kill(init, signal.SIGRTMIN + 3)
+        try:
+            wait_for(lambda: not alive(pid), 30, f"{host} to power off")
+        except RuntimeError:
+            kill_all([pid])
+    h["nspawn_pid"] = boot(fleet, host, Path(h["dir"]) / "rootfs")
+    fleet.save(state)
+    status = wait_running(h["nspawn_pid"])
+    if status != "running":
+        raise RuntimeError(f"{host}: systemd reports {status!r} after reboot")
+    wait_for(lambda: subprocess.run(["ip", "netns", "exec", fleet.ctl_ns, "nc", "-z", "-w1", h["address"], "22"],
+                                    check=False).returncode == 0, 20, f"sshd on {host}")
+    seconds = time.monotonic() - t0
+    log(f"fleet {fleet.name}: {host} rebooted in {seconds:.1f}s")
+    return seconds
+
+
 # --------------------------------------------------------------------------- cli
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["up", "down", "status", "instances", "urls", "rootfs", "leftovers"])
+    p.add_argument("command", choices=["up", "down", "reboot", "status", "instances", "urls", "rootfs",
+                                            "leftovers"])
     p.add_argument("--fleet", default=os.environ.get("FLEET", "local"))
     p.add_argument("--count", type=int, default=int(os.environ.get("HOSTS", "2")))
+    p.add_argument("--host", help="the host to reboot")
     p.add_argument("--net", default=None, help="first three octets of the fleet's /24 (default 10.231.1)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -514,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     elif args.command == "down":
         down(fleet)
+    elif args.command == "reboot":
+        reboot(fleet, args.host)
     elif args.command == "status":
         print(json.dumps(fleet.state(), indent=2))
     elif args.command == "instances":  # molecule's instance config

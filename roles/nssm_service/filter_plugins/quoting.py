@@ -34,6 +34,15 @@ def systemd_quote(value, exec_line=True):
     return f'"{escaped}"'
 
 
+def systemd_env_quote(value):
+    """Quote a value for an EnvironmentFile= line: double quotes, where a backslash escapes
+    \\ " $ and ` (nothing is expanded there)."""
+    value = str(value)
+    if "\n" in value or "\r" in value:
+        raise ValueError("environment values cannot span lines")
+    return '"' + re.sub(r'([\\"$`])', r"\\\1", value) + '"'
+
+
 class FilterModule:
     def filters(self):
-        return {"win_argv": win_argv, "systemd_quote": systemd_quote}
+        return {"win_argv": win_argv, "systemd_quote": systemd_quote, "systemd_env_quote": systemd_env_quote}
