@@ -7,11 +7,12 @@ HOSTS ?= 2
 FLEET ?= local
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint pytest molecule test hosts-up hosts-down hosts-status demo status clean lock
+.PHONY: help setup lint pytest molecule test bench hosts-up hosts-down hosts-status demo status clean lock
 
 help:
 	@echo "make demo        boot local test hosts and deploy the app to them"
 	@echo "make test        setup + lint + pytest + molecule (what CI runs)"
+	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
 	@echo "make status      health of every backend and site (inventory/local)"
 	@echo "make lint        yamllint + ansible-lint (production profile + win-args rule)"
@@ -33,6 +34,12 @@ molecule: setup
 	molecule test -s default
 
 test: setup lint pytest molecule
+
+# The load comparison (peers vs the converged stack) and deploy-time scaling (1/3/6 hosts), ~15 min;
+# writes bench/results/latest.{json,png} and converge.json.
+bench: setup
+	python bench/run.py $(BENCH_ARGS)
+	python bench/converge.py
 
 hosts-up: setup
 	python3 tools/testhosts.py up --fleet $(FLEET) --count $(HOSTS)

@@ -7,7 +7,7 @@ VENV=${VENV:-.venv}
 
 # Controller packages: nspawn test hosts, the rootfs builder, nginx for `nginx -t` of rendered
 # templates, wrk for load, nc for the ssh ProxyCommand into the hosts' network namespace.
-APT_PACKAGES=(systemd-container debootstrap nginx-light wrk netcat-openbsd iproute2 openssh-client rsync)
+APT_PACKAGES=(systemd-container debootstrap nginx-light wrk netcat-openbsd iproute2 openssh-client rsync curl procps)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

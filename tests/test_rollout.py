@@ -199,7 +199,7 @@ def test_a_changed_setting_restarts_only_what_it_touches():
     before = fleet_state()
     nginx_before = {h: nginx_master(h) for h in HOSTS}
     # An nginx-only setting: reloads nginx, restarts no backend.
-    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="20m")
+    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="5m")
     record("nginx setting", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     mid = fleet_state()
@@ -209,7 +209,7 @@ def test_a_changed_setting_restarts_only_what_it_touches():
     assert all(nginx_mid[h][0] == nginx_before[h][0] and nginx_mid[h][1] != nginx_before[h][1] for h in HOSTS)
     assert_no_failures("nginx setting", stats)
     # A backend setting: every backend restarted, one at a time, under load.
-    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="20m", flask_app_threads=6)
+    rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="5m", flask_app_threads=6)
     record("backend setting", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     after = fleet_state()
@@ -218,7 +218,7 @@ def test_a_changed_setting_restarts_only_what_it_touches():
     assert_no_failures("backend setting", stats)
     # One more backend: only the new one starts; the existing ones keep their processes.
     rc, out, seconds, _ = playbook("deploy.yml", load=False, **{**app, "deploy_serial": "100%"},
-                                   nginx_client_max_body_size="20m", flask_app_threads=6, flask_app_backend_count=3)
+                                   nginx_client_max_body_size="5m", flask_app_threads=6, flask_app_backend_count=3)
     assert rc == 0, out[-3000:]
     grown = {h: {p: backend(h, p) for p in (8001, 8002, 8003)} for h in HOSTS}
     assert all(grown[h][p]["pid"] == after[h][p]["pid"] for h in HOSTS for p in (8001, 8002))

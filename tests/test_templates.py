@@ -170,8 +170,9 @@ def test_windows_service_definition(tmp_path):
     assert reg["Application"]["data"] == s["executable"]
     assert cmdline_to_argv(reg["AppParameters"]["data"]) == WAITRESS_ARGS
     assert reg["AppDirectory"]["data"] == r"C:\Program Files\sampleapp\current"
-    assert reg["AppEnvironmentExtra"] == {"name": "AppEnvironmentExtra", "type": "multistring",
-                                          "data": ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]}
+    # The environment goes to AppEnvironmentExtra through the script's SecureString parameter, not the plain list.
+    assert "AppEnvironmentExtra" not in reg
+    assert s["nssm_environment"] == ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
     # Logs appended across restarts (OPEN_ALWAYS), rotated online by size, never by age.
     assert reg["AppStdout"]["data"] == r"C:\ProgramData\sampleapp\logs\sampleapp-8001.out.log"
     expected_dwords = {"AppStdoutCreationDisposition": 4, "AppStderrCreationDisposition": 4, "AppRotateFiles": 1,

@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""Deploy-time scaling: full and no-op converge wall time of deploy.yml for 1, 3 and 6 local test hosts,
+with the tasks per host (ok + changed + skipped from the recap) and changed counts.
+
+  bench/converge.py [--hosts 1,3,6] [--out bench/results]   -> converge.json, printed table
+The wheelhouse is built once on the controller before the first measured run (cached afterwards), so every
+row measures the hosts' work, not the one-time build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+FLEET, NET = "conv", "10.231.8"
+
+
+def hosts_tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools/testhosts.py"), *args, f"--fleet={FLEET}"],
+                          capture_output=True, text=True, check=False)
+
+
+def converge() -> dict:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"}
+    t0 = time.monotonic()
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i",
+                          str(ROOT / f"build/hosts/{FLEET}/hosts.yml"), "-e", "nginx_linux_apt_update_cache=false",
+                          "-e", "flask_app_linux_apt_update_cache=false"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, check=False)
+    seconds = time.monotonic() - t0
+    if run.returncode:
+        raise RuntimeError(run.stdout[-3000:])
+    stats = [dict(zip(("ok", "changed", "skipped"), map(int, m)))
+             for m in re.findall(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=\d+\s+skipped=(\d+)", run.stdout)]
+    return {"seconds": round(seconds, 1), "changed_max": max(s["changed"] for s in stats),
+            "tasks_per_host": max(s["ok"] + s["changed"] + s["skipped"] for s in stats)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", default="1,3,6")
+    ap.add_argument("--out", default=str(ROOT / "bench/results"))
+    args = ap.parse_args(argv)
+    rows = []
+    try:
+        for n in [int(x) for x in args.hosts.split(",")]:
+            hosts_tool("down")
+            up = hosts_tool("up", f"--count={n}", f"--net={NET}")
+            if up.returncode:
+                raise RuntimeError(up.stderr)
+            if not rows:  # first time: build the wheelhouse outside the measurement
+                converge()
+                hosts_tool("down")
+                hosts_tool("up", f"--count={n}", f"--net={NET}")
+            full = converge()
+            noop = converge()
+            rows.append({"hosts": n, "full_s": full["seconds"], "full_changed": full["changed_max"],
+                         "noop_s": noop["seconds"], "noop_changed": noop["changed_max"],
+                         "tasks_per_host": full["tasks_per_host"]})
+            print(f"converge: {rows[-1]}", file=sys.stderr, flush=True)
+    finally:
+        hosts_tool("down")
+    base = rows[0]
+    for r in rows:
+        r["full_vs_1"] = round(r["full_s"] / base["full_s"], 2)
+        r["noop_vs_1"] = round(r["noop_s"] / base["noop_s"], 2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "converge.json").write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2) + "\n")
+    print(f"{'hosts':>5} {'full s':>7} {'x1':>5} {'no-op s':>8} {'x1':>5} {'no-op changed':>14} {'tasks/host':>10}")
+    for r in rows:
+        print(f"{r['hosts']:>5} {r['full_s']:>7} {r['full_vs_1']:>5} {r['noop_s']:>8} {r['noop_vs_1']:>5} "
+              f"{r['noop_changed']:>14} {r['tasks_per_host']:>10}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
