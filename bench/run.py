@@ -43,6 +43,7 @@ NOFILE = 20000
 TOPOLOGIES = ["flask-dev", "tornado", "waitress", "nginx+4flask", "nginx+4tornado", "nginx+gunicorn4", "ours",
               "ours-direct"]
 APP = "sampleapp:create_app()"
+STATUS = "http://127.0.0.1:8079/status"  # ours: nginx's loopback status server (stub_status)
 
 
 def log(msg: str) -> None:
@@ -81,8 +82,26 @@ def parse(text: str) -> dict:
             "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
-def measure(ns: str, url: str, conns: int, seconds: float, **kw) -> dict:
-    return parse(wrk(ns, url, conns, seconds, **kw).communicate(timeout=seconds + 120)[0])
+def settle(ns: str, status_url: str | None, timeout: float = 30) -> None:
+    """After a run, let the server finish what the departed clients left queued (at c=5000 thousands of
+    requests can still sit in accept queues), so the next run does not start behind them."""
+    if not status_url:
+        time.sleep(2)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "--max-time", "2", status_url],
+                             capture_output=True, text=True, check=False).stdout
+        m = re.search(r"Active connections: (\d+)", out)
+        if m and int(m.group(1)) <= 1:
+            return
+        time.sleep(0.5)
+
+
+def measure(ns: str, url: str, conns: int, seconds: float, status_url: str | None = None, **kw) -> dict:
+    result = parse(wrk(ns, url, conns, seconds, **kw).communicate(timeout=seconds + 120)[0])
+    settle(ns, status_url)
+    return result
 
 
 # ------------------------------------------------------------------------------------------ peers
@@ -127,11 +146,13 @@ class Peers:
         self.nginx_conf.write_text(conf)
         self.spawn("nginx", "-p", str(prefix), "-c", str(self.nginx_conf), "-g", "daemon off;")
 
-    def wait(self, ports: list[int], timeout: float = 30) -> None:
+    def wait(self, ports: list[int], timeout: float = 30, ok_status: bool = True) -> None:
+        """Until each port answers /test (with a 2xx, or any HTTP answer when ok_status is off)."""
         deadline = time.monotonic() + timeout
         for port in ports:
-            while subprocess.run(["ip", "netns", "exec", PEERS_NS, "curl", "-sf", "-o", "/dev/null", "--max-time", "2",
-                                  f"http://127.0.0.1:{port}/test"], check=False).returncode != 0:
+            while subprocess.run(["ip", "netns", "exec", PEERS_NS, "curl", "-s", "-o", "/dev/null", "--max-time", "2",
+                                  *(["-f"] if ok_status else []), f"http://127.0.0.1:{port}/test"],
+                                 check=False).returncode != 0:
                 if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
                     raise RuntimeError(f"peer on port {port} did not come up; see {BUILD / 'peers.log'}")
                 time.sleep(0.2)
@@ -175,6 +196,7 @@ def start_peer(name: str, peers: Peers) -> int:
         port, backends = 9300, [9301]
     elif name == "broken":  # --quick only: nginx in front of nothing, every request a 502
         peers.nginx(9400, [9401])
+        peers.wait([9400], ok_status=False)
         return 9400
     else:
         raise ValueError(name)
@@ -188,7 +210,7 @@ def ensure_peers_ns() -> None:
     subprocess.run(["ip", "-n", PEERS_NS, "link", "set", "lo", "up"], check=True)
     # Many short-lived connections at c=5000: reuse TIME_WAIT ports, a deep accept queue.
     for key, value in (("net.ipv4.tcp_tw_reuse", "1"), ("net.core.somaxconn", "65535"),
-                       ("net.ipv4.ip_local_port_range", "1024 65000")):
+                       ("net.ipv4.ip_local_port_range", "10000 65000")):
         subprocess.run(["ip", "netns", "exec", PEERS_NS, "sysctl", "-qw", f"{key}={value}"], check=False)
 
 
@@ -216,7 +238,7 @@ def deploy_ours(extra: list[str]) -> dict:
         raise RuntimeError(run.stdout[-3000:] + run.stderr[-2000:])
     log(f"ours: converged in {time.monotonic() - t0:.0f}s")
     ns = f"ffh-{HOST}"
-    for key, value in (("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "1024 65000")):
+    for key, value in (("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "10000 65000")):
         subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"], check=False)
     listening = subprocess.run(["ip", "netns", "exec", ns, "ss", "-Hltn"], capture_output=True, text=True).stdout
     ports = sorted({int(p) for p in re.findall(r"127\.0\.0\.1:(80\d\d)\s", listening)} - {8079})
@@ -249,7 +271,9 @@ def chart(rows: list[dict], path: Path) -> None:
         xs = [t + (i - (len(concs) - 1) / 2) * width for t in range(len(tops))]
         by = {r["topology"]: r for r in rows if r["concurrency"] == c}
         rps = [by[t]["rps"] if t in by else 0 for t in tops]
-        err = [100.0 * by[t]["errors"] / max(1, by[t]["requests"] + by[t]["errors"]) if t in by else 0 for t in tops]
+        # Non-2xx answers are among wrk's requests; socket errors come on top of them.
+        err = [100.0 * by[t]["errors"] / max(1, by[t]["requests"] + by[t]["errors"] - by[t]["non_2xx"])
+               if t in by else 0 for t in tops]
         ax1.bar(xs, rps, width, label=f"c={c}")
         ax2.bar(xs, err, width, label=f"c={c}")
     ax1.set_ylabel("requests/s")
@@ -307,18 +331,20 @@ def main(argv: list[str] | None = None) -> int:
             measure(ns, "http://127.0.0.1/test", min(50, concs[0]), 1)
             for c in concs:
                 if "ours" in only:
-                    add("ours", "test", c, measure(ns, "http://127.0.0.1/test", c, duration))
+                    add("ours", "test", c, measure(ns, "http://127.0.0.1/test", c, duration, status_url=STATUS))
                 if "ours-direct" in only:
                     # One wrk thread per backend, each aimed at its own backend port.
                     add("ours-direct", "test", c, measure(ns, "http://127.0.0.1/test", c, duration,
                                                           threads=len(backends), script=direct,
-                                                          env={"BACKEND_PORTS": ",".join(map(str, backends))}))
+                                                          env={"BACKEND_PORTS": ",".join(map(str, backends))},
+                                                          status_url=STATUS))
             if "ours" in only:
                 # Slow-request isolation: /test at c=500 (c of --quick), without and with 64 long /sleeps.
                 c = 500 if not args.quick else concs[0]
                 sleeps = 64 if not args.quick else 8
-                add("ours", "test", c, measure(ns, "http://127.0.0.1/test", c, duration)) if c not in concs else None
-                base = next(r for r in rows if r["topology"] == "ours" and r["concurrency"] == c)
+                # The baseline right before the run with sleeps (not an earlier row: conditions drift).
+                base = measure(ns, "http://127.0.0.1/test", c, duration, status_url=STATUS)
+                add("ours", "test", c, base) if c not in concs else None
                 slow = wrk(ns, "http://127.0.0.1/sleep?seconds=5", sleeps, duration + 10, threads=2)
                 time.sleep(3)  # the sleeps are in flight
                 res = measure(ns, "http://127.0.0.1/test", c, duration)

@@ -18,12 +18,12 @@ from . import create_app
 SETTINGS = {
     "host": (str, "127.0.0.1", "bind address (loopback: nginx is the only client)"),
     "port": (int, None, "TCP port (required)"),
-    "threads": (int, 8, "worker threads per process"),
-    "connection_limit": (int, 200, "max open connections; keep < ~500 on Windows (select() cap)"),
+    "threads": (int, 48, "worker threads per process (above the slow requests it may hold at once)"),
+    "connection_limit": (int, 64, "max open connections (>= threads; the rest queue in the backlog); < ~500 on Windows"),
     "channel_timeout": (int, 120, "idle seconds before a connection is closed; > nginx upstream keepalive_timeout"),
     "max_request_body_size": (int, 10 * 1024 * 1024, "bytes; >= nginx client_max_body_size"),
     "trusted_proxy": (str, "127.0.0.1", "address whose X-Forwarded-* headers are trusted"),
-    "backlog": (int, 1024, "listen() backlog"),
+    "backlog": (int, 4096, "listen() backlog"),
     "max_sleep": (float, 30.0, "upper bound for /sleep?seconds="),
 }
 
