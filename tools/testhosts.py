@@ -285,8 +285,9 @@ def wait_running(nspawn_pid: int, timeout: float = 60) -> str:
         res = subprocess.run(["nsenter", "-t", str(init), "-a", "systemctl", "is-system-running", "--wait"],
                              capture_output=True, text=True, timeout=timeout, check=False)
         status = res.stdout.strip()
-        # Right after boot, systemd's private bus socket may not exist yet: retry until it does.
-        if status or time.monotonic() > deadline:
+        # Right after boot, systemd's private bus socket may not exist yet, or nspawn's child may not be
+        # systemd yet ("offline"): retry until it answers for real.
+        if (status and status != "offline") or time.monotonic() > deadline:
             return status or res.stderr.strip()
         time.sleep(0.1)
 
