@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, venv_env
+from conftest import ROOT, VENV_BIN, parse_wrk, venv_env
 
 sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
@@ -106,13 +106,7 @@ def wrk(seconds, conns=50, script=None, url=f"http://{ADDR}/test"):
 
 
 def wrk_result(proc):
-    text = proc.communicate(timeout=400)[0]
-    total = int(re.search(r"(\d+) requests in", text).group(1))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    failed = (sum(map(int, sock.groups())) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    assert total > 0, text
-    return {"requests": total, "failed": failed, "raw": text}
+    return parse_wrk(proc.communicate(timeout=400)[0])
 
 
 def record(name, **figures):

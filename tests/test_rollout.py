@@ -6,7 +6,6 @@ failed = socket errors + non-2xx responses, as wrk counts them. Results go to bu
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, VENV_BIN, venv_env
+from conftest import ROOT, VENV_BIN, parse_wrk, venv_env
 
 pytestmark = pytest.mark.hosts
 FLEET, NET, HOSTS = "roll", "10.231.5", ["roll1", "roll2", "roll3"]
@@ -73,15 +72,6 @@ def playbook(name, load=True, **extra):
         wrk.send_signal(signal.SIGINT)
         stats = parse_wrk(wrk.communicate(timeout=30)[0])
     return run.returncode, run.stdout + run.stderr, seconds, stats
-
-
-def parse_wrk(text):
-    total = int(re.search(r"(\d+) requests in", text).group(1))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = (sum(int(x) for x in sock.groups()) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    assert total > 0, text
-    return {"requests": total, "failed": errors, "raw": text}
 
 
 def backend(host, port):

@@ -292,6 +292,11 @@ def wait_running(nspawn_pid: int, timeout: float = 60) -> str:
         time.sleep(0.1)
 
 
+def wait_sshd(fleet: Fleet, host: str, address: str) -> None:
+    wait_for(lambda: subprocess.run(["ip", "netns", "exec", fleet.ctl_ns, "nc", "-z", "-w1", address, "22"],
+                                    check=False).returncode == 0, 20, f"sshd on {host}")
+
+
 def up(fleet: Fleet, count: int) -> dict:
     if count < 1 or count > 50:
         raise SystemExit("error: --count must be 1..50")
@@ -343,9 +348,7 @@ def up(fleet: Fleet, count: int) -> dict:
         state["hosts"][host]["system_state"] = status
         if status != "running":
             raise RuntimeError(f"{host}: systemd reports {status!r}; see {fleet.dir}/{host}.console.log")
-        addr = state["hosts"][host]["address"]
-        wait_for(lambda a=addr: subprocess.run(["ip", "netns", "exec", fleet.ctl_ns, "nc", "-z", "-w1", a, "22"],
-                                               check=False).returncode == 0, 20, f"sshd on {host}")
+        wait_sshd(fleet, host, state["hosts"][host]["address"])
     state["boot_seconds"] = round(time.monotonic() - t0 - t_rootfs, 2)
     fleet.save(state)
     write_inventory(fleet, state)
@@ -514,8 +517,7 @@ def reboot(fleet: Fleet, host: str) -> float:
     status = wait_running(h["nspawn_pid"])
     if status != "running":
         raise RuntimeError(f"{host}: systemd reports {status!r} after reboot")
-    wait_for(lambda: subprocess.run(["ip", "netns", "exec", fleet.ctl_ns, "nc", "-z", "-w1", h["address"], "22"],
-                                    check=False).returncode == 0, 20, f"sshd on {host}")
+    wait_sshd(fleet, host, h["address"])
     seconds = time.monotonic() - t0
     log(f"fleet {fleet.name}: {host} rebooted in {seconds:.1f}s")
     return seconds
