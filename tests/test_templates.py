@@ -45,7 +45,11 @@ def nginx_t(conf: Path, platform: str) -> subprocess.CompletedProcess:
         prefix = conf.parent / "nginx"
         for d in ("conf", "logs", "temp"):
             (prefix / d).mkdir(parents=True, exist_ok=True)
-        shutil.copy("/etc/nginx/mime.types", prefix / "conf/mime.types")
+        # mime.types is read from the pinned build's own directory.
+        version = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())["nginx_windows_version"]
+        build_conf = prefix / f"dist/nginx-{version}/conf"
+        build_conf.mkdir(parents=True, exist_ok=True)
+        shutil.copy("/etc/nginx/mime.types", build_conf / "mime.types")
         # win_template writes CRLF line endings.
         (prefix / "conf/nginx.conf").write_bytes(conf.read_text().replace("\n", "\r\n").encode())
         cmd = [NGINX, "-t", "-p", f"{prefix}/", "-c", "conf/nginx.conf"]
@@ -165,10 +169,11 @@ def cmdline_to_argv(s: str) -> list[str]:
 def test_windows_service_definition(tmp_path):
     out = render(tmp_path, "windows")
     s = json.loads((out / "settings.json").read_text())
-    reg = {r["name"]: r for r in s["nssm_registry"]}
+    reg = {(r.get("key", "") + "\\" + r["name"]).lstrip("\\"): r for r in s["nssm_registry"]}
     assert s["executable"] == r"C:\Program Files\sampleapp\current\venv\Scripts\python.exe"
     assert s["nssm_user"] == r"NT SERVICE\sampleapp-8001"
-    assert s["base_python"] == r"C:\Program Files\Python312\tools\python.exe"  # nuget strategy
+    # nuget strategy: one runtime directory per exact version.
+    assert s["base_python"] == r"C:\Program Files\Python-3.12.10\tools\python.exe"
     assert reg["Application"]["data"] == s["executable"]
     assert cmdline_to_argv(reg["AppParameters"]["data"]) == WAITRESS_ARGS
     assert reg["AppDirectory"]["data"] == r"C:\Program Files\sampleapp\current"
@@ -182,6 +187,10 @@ def test_windows_service_definition(tmp_path):
                        "AppStopMethodConsole": 35000, "AppThrottle": 1500, "AppRestartDelay": 1000}
     assert {k: int(reg[k]["data"]) for k in expected_dwords} == expected_dwords
     assert all(reg[k]["type"] == "dword" for k in expected_dwords)
+    # AppExit's default value as `nssm set` writes it (REG_SZ), so the two never flip-flop.
+    assert reg["AppExit\\"] == {"key": "AppExit", "name": "", "type": "string", "data": "Restart"}
+    # A backend has no reload command: its Rotate/Pre hook is removed if present.
+    assert reg["AppEvents\\Rotate\\Pre"]["state"] == "absent"
 
 
 def test_linux_unit_runs_the_same_backend(tmp_path):

@@ -1,0 +1,70 @@
+"""Windows leaves checked without Windows (L0/L1): values the Windows tasks compute on the controller and
+the validation that runs there with Windows facts. What only a Windows host can show is listed in
+docs/windows-audit.md."""
+
+import importlib.util
+import json
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import ROOT, VENV_BIN, venv_env
+from test_templates import cmdline_to_argv, render
+
+
+@pytest.fixture(scope="module")
+def accounts():
+    spec = importlib.util.spec_from_file_location("accounts", ROOT / "roles/nssm_service/filter_plugins/accounts.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_service_sid_matches_windows(accounts):
+    # A SID Windows itself documents: NT SERVICE\TrustedInstaller.
+    assert accounts.win_service_sid("TrustedInstaller") == \
+        "S-1-5-80-956008885-3418522649-1831038044-1853292631-2271478464"
+    # Case-insensitive, as service names are.
+    assert accounts.win_service_sid("trustedinstaller") == accounts.win_service_sid("TRUSTEDINSTALLER")
+
+
+def test_nginx_sid_constant_is_its_service_sid(accounts):
+    sid = yaml.safe_load((ROOT / "roles/nginx/vars/main.yml").read_text())["__nginx_windows_sid"]
+    assert sid == accounts.win_service_sid("nginx")
+
+
+def test_nginx_runs_from_its_build_directory_and_reloads_through_nssm(tmp_path):
+    s = json.loads((render(tmp_path, "windows") / "settings.json").read_text())
+    version = yaml.safe_load((ROOT / "roles/nginx/defaults/main.yml").read_text())["nginx_windows_version"]
+    root = str(tmp_path / "nginx")
+    assert s["nginx_exe"] == f"{root}\\dist\\nginx-{version}\\nginx.exe"
+    assert s["nginx_args"] == ["-p", f"{s['nginx_root_fwd']}/"]
+    # The Rotate/Pre hook command NSSM runs as the nginx service: the same binary and prefix, -s reload.
+    assert cmdline_to_argv(s["nginx_reload_hook"]) == [s["nginx_exe"], "-p", f"{s['nginx_root_fwd']}/", "-s", "reload"]
+
+
+def validate_windows(tmp_path, **extra):
+    extra_file = tmp_path / "extra.json"
+    extra_file.write_text(json.dumps({"validate_missing": "", **extra}))
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "tests/reliability/validate_windows.yml",
+                          "-e", f"@{extra_file}"],
+                         capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=300, check=False)
+    return run.returncode, run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ({"flask_app_environment": {"API_TOKEN": "s3%PATH%cret"}}, "API_TOKEN"),
+    ({"nssm_service_environment": {"DB_PASSWORD": "a%USERNAME%b"}}, "environment DB_PASSWORD"),
+    ({"nssm_service_arguments": ["--name=%COMPUTERNAME%"]}, "an argument"),
+])
+def test_text_nssm_would_expand_is_refused(tmp_path, extra, named):
+    rc, out = validate_windows(tmp_path, **extra)
+    assert rc != 0 and named in out and "%NAME%" in out, out[-2000:]
+    assert "s3%PATH%cret" not in out and "a%USERNAME%b" not in out  # never echo the value
+
+
+def test_a_lone_percent_is_fine(tmp_path):
+    rc, out = validate_windows(tmp_path, flask_app_environment={"RATE": "100%"},
+                               nssm_service_environment={"RATE": "100%"})
+    assert rc == 0, out[-2000:]
