@@ -15,7 +15,7 @@ help:
 	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
 	@echo "make status      health of every backend and site (inventory/local)"
-	@echo "make lint        yamllint + ansible-lint (production profile + win-args rule)"
+	@echo "make lint        yamllint + ansible-lint (production profile + win-args/win-ps/win-tasks)"
 	@echo "make hosts-up    boot HOSTS=$(HOSTS) local systemd test hosts (inventory/local)"
 	@echo "make hosts-down  stop them and remove everything they used"
 
