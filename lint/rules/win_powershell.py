@@ -28,6 +28,9 @@ param block does not declare `[CmdletBinding(SupportsShouldProcess)]`.
 - win-ps[path]:         a `path:` script that cannot be found on the controller (or is a Jinja expression
                         other than `{{ role_path }}`); scripts with `remote_src: true` are not checked.
 
+A script that does not parse gets only its win-ps[syntax] finding (the other checks read the parse tree).
+win_shell tasks with a non-PowerShell `executable` (cmd) are not parsed.
+
 Known gaps of the grammar (valid PowerShell it rejects): bare-word lists as command arguments
 (`-Name a, b`: quote them), generic type names with a backtick arity (List`1[...]), nested generic
 arguments ([Func[[Object], [Int32]]]), nested types ([Environment+SpecialFolder]), loop labels, -cin/-cnotin,
