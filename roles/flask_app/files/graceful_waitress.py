@@ -1,0 +1,96 @@
+"""Run a WSGI app under waitress, and stop it without losing a request.
+
+Each backend service runs this file from its release:
+    python graceful_waitress.py [--graceful-timeout=SECONDS] <waitress-serve arguments> module:app
+
+waitress-serve's own stop (SIGINT / Ctrl-C) leaves the I/O loop at once: responses still being written are
+lost and the listening socket stays open until the process exits, so connections queued meanwhile are reset
+after the proxy sent its request. Here the first SIGINT or SIGTERM (Ctrl-C or Ctrl-Break from NSSM on
+Windows) instead:
+  1. closes the listening socket - new connections are refused, and the proxy (nginx
+     `proxy_next_upstream error`) retries them on another backend: nothing was sent, so even a POST is safe;
+  2. keeps the I/O loop running: requests already received finish and their responses are written;
+  3. closes each connection once it has no request in flight or partly received, and exits when none is
+     left - or after the graceful timeout, whatever is still running.
+An idle keep-alive connection from the proxy is closed at once; a request the proxy sends on it at that
+very moment is lost to the race every HTTP server has (nginx retries it if its method is idempotent).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+
+from waitress import runner, wasyncore
+from waitress.server import BaseWSGIServer, create_server
+
+log = logging.getLogger("graceful_waitress")
+
+
+class Stop(KeyboardInterrupt):
+    """The service manager asked the backend to stop (a KeyboardInterrupt: waitress's loop re-raises it)."""
+
+
+def _raise_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise Stop(signum)
+
+
+def listeners(server, socket_map):
+    return [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)] or [server]
+
+
+def drain(server, socket_map, timeout: float) -> int:
+    """Stop accepting, finish the requests in flight, close every connection. Returns those left."""
+    servers = listeners(server, socket_map)
+    for srv in servers:
+        # The dispatcher's own close (not the server's, which also closes the loop's wake-up trigger).
+        wasyncore.dispatcher.close(srv)
+    deadline = time.monotonic() + timeout
+    while True:
+        channels = [ch for srv in servers for ch in list(srv.active_channels.values())]
+        if not channels or time.monotonic() >= deadline:
+            return len(channels)
+        for ch in channels:
+            if not ch.requests and ch.request is None and not ch.total_outbufs_len:
+                ch.will_close = True
+        wasyncore.loop(timeout=0.05, map=socket_map, count=1)
+
+
+def serve(app, graceful_timeout: float, **kw) -> None:
+    socket_map: dict = {}
+    server = create_server(app, map=socket_map, **kw)
+    server.print_listen("Serving on http://{}:{}")
+    signal.signal(signal.SIGINT, _raise_stop)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    if hasattr(signal, "SIGBREAK"):  # Windows: Ctrl-Break
+        signal.signal(signal.SIGBREAK, _raise_stop)
+    try:
+        wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=socket_map)
+    except Stop:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        started = time.monotonic()
+        left = drain(server, socket_map, graceful_timeout)
+        log.warning("stopped accepting; drained in %.1f s%s", time.monotonic() - started,
+                    f", {left} connection(s) still open at the timeout" if left else "")
+    finally:
+        server.task_dispatcher.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    graceful_timeout = 30.0
+    rest = [argv[0]]
+    for arg in argv[1:]:
+        if arg.startswith("--graceful-timeout="):
+            graceful_timeout = float(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    logging.basicConfig(level=logging.INFO)
+    return runner.run(rest, _serve=lambda app, **kw: serve(app, graceful_timeout, **kw))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

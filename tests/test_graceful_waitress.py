@@ -1,0 +1,116 @@
+"""The backends' launcher (roles/flask_app/files/graceful_waitress.py) with real waitress and the sample app:
+a stop refuses new connections at once, finishes the requests in flight, then exits. waitress-serve's own
+stop, the control, keeps accepting connections it never answers."""
+
+import http.client
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import ROOT
+
+LAUNCHER = ROOT / "roles/flask_app/files/graceful_waitress.py"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd, port):
+    proc = subprocess.Popen([sys.executable, *cmd, f"--listen=127.0.0.1:{port}", "--threads=4", "--call",
+                             "sampleapp:create_app"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(proc.communicate()[0])
+
+
+def slow_request(port, seconds, out):
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", f"/sleep?seconds={seconds}")
+        resp = conn.getresponse()
+        out["status"], out["body"] = resp.status, resp.read()
+    except OSError as exc:
+        out["error"] = repr(exc)
+
+
+def refused(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+
+
+@pytest.fixture
+def port():
+    return free_port()
+
+
+def test_stop_refuses_new_connections_and_finishes_requests_in_flight(port):
+    proc = start([str(LAUNCHER), "--graceful-timeout=20"], port)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    idle.request("GET", "/test")
+    assert idle.getresponse().read() == b"hello world"  # an idle keep-alive connection stays open
+    result = {}
+    t = threading.Thread(target=slow_request, args=(port, 2, result))
+    t.start()
+    time.sleep(0.5)  # the request is running
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert refused(port), "new connections must be refused while draining"
+    t.join(timeout=15)
+    assert result.get("status") == 200, result
+    assert b'"slept":2' in result["body"].replace(b" ", b"")
+    # The idle keep-alive connection was closed, not left to be reset later.
+    assert idle.sock.recv(1) == b""
+    proc.wait(timeout=10)
+    assert proc.returncode == 0, proc.stdout.read()
+    assert time.monotonic() - stopped_at < 5
+
+
+def test_graceful_timeout_bounds_the_stop(port):
+    proc = start([str(LAUNCHER), "--graceful-timeout=1"], port)
+    result = {}
+    t = threading.Thread(target=slow_request, args=(port, 8, result))
+    t.start()
+    time.sleep(0.5)
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=20)
+    # Gone after the timeout plus waitress's own 5 s for running threads, not after the 8 s request.
+    assert time.monotonic() - stopped_at < 7.5
+    t.join(timeout=15)
+
+
+def test_control_waitress_serve_accepts_then_resets_during_its_stop(port):
+    """Without the launcher: while waitress-serve stops, its listening socket stays open - a new connection
+    is accepted by the kernel, the request is sent, and no response ever comes (the proxy cannot retry a
+    POST that was sent). So the refusal asserted above is the launcher's doing."""
+    proc = start(["-m", "waitress"], port)
+    result = {}
+    t = threading.Thread(target=slow_request, args=(port, 2, result))
+    t.start()
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    assert not refused(port)
+    late = {}
+    slow_request(port, 0, late)
+    assert late.get("status") != 200, late
+    t.join(timeout=15)
+    proc.wait(timeout=15)
