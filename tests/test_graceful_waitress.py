@@ -73,14 +73,30 @@ def test_stop_refuses_new_connections_and_finishes_requests_in_flight(port):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     assert refused(port), "new connections must be refused while draining"
+    # A kept-alive connection still carries one request, answered with Connection: close, then closes.
+    idle.request("GET", "/test")
+    last = idle.getresponse()
+    assert (last.status, last.getheader("Connection"), last.read()) == (200, "close", b"hello world")
+    assert idle.sock is None or idle.sock.recv(1) == b""
     t.join(timeout=15)
     assert result.get("status") == 200, result
     assert b'"slept":2' in result["body"].replace(b" ", b"")
-    # The idle keep-alive connection was closed, not left to be reset later.
-    assert idle.sock.recv(1) == b""
     proc.wait(timeout=10)
     assert proc.returncode == 0, proc.stdout.read()
     assert time.monotonic() - stopped_at < 5
+
+
+def test_idle_connections_are_closed_after_the_grace(port):
+    proc = start([str(LAUNCHER), "--graceful-timeout=20"], port)
+    idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    idle.request("GET", "/test")
+    assert idle.getresponse().read() == b"hello world"
+    stopped_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert idle.sock.recv(1) == b""  # closed cleanly (FIN), not reset
+    assert 0.8 < time.monotonic() - stopped_at < 3
+    proc.wait(timeout=10)
+    assert proc.returncode == 0
 
 
 def test_graceful_timeout_bounds_the_stop(port):

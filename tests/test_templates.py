@@ -17,7 +17,7 @@ from conftest import ROOT, VENV_BIN, venv_env
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PORTS = [8001, 8002, 8003, 8004]
 WAITRESS_ARGS = [
-    "-m", "waitress", "--listen=127.0.0.1:8001", "--threads=48", "--connection-limit=64", "--channel-timeout=120",
+    "--listen=127.0.0.1:8001", "--threads=48", "--connection-limit=64", "--channel-timeout=120",
     "--max-request-body-size=10485760", "--backlog=4096", "--trusted-proxy=127.0.0.1",
     "--trusted-proxy-headers=x-forwarded-for x-forwarded-proto", "--clear-untrusted-proxy-headers",
     "--call", "sampleapp:create_app",
@@ -27,7 +27,9 @@ WAITRESS_ARGS = [
 def render(out: Path, platform: str, **extra) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     extra_file = out / "extra.yml"
-    extra_file.write_text(yaml.safe_dump({"nginx_windows_root": str(out / "nginx"), **extra}))
+    # The backend's service definition exactly as the role passes it to nssm_service.
+    service = yaml.safe_load((ROOT / "roles/flask_app/tasks/backend.yml").read_text())[0]["vars"]
+    extra_file.write_text(yaml.safe_dump({**service, "nginx_windows_root": str(out / "nginx"), **extra}))
     env = venv_env()
     env["ANSIBLE_FILTER_PLUGINS"] = str(ROOT / "roles/nssm_service/filter_plugins")
     run = subprocess.run(
@@ -170,13 +172,16 @@ def test_windows_service_definition(tmp_path):
     out = render(tmp_path, "windows")
     s = json.loads((out / "settings.json").read_text())
     reg = {(r.get("key", "") + "\\" + r["name"]).lstrip("\\"): r for r in s["nssm_registry"]}
-    assert s["executable"] == r"C:\Program Files\sampleapp\current\venv\Scripts\python.exe"
+    # Each backend runs its own release (never through `current`), under the graceful launcher.
+    release = r"C:\Program Files\sampleapp\releases\1.0.0"
+    assert s["executable"] == release + r"\venv\Scripts\python.exe"
     assert s["nssm_user"] == r"NT SERVICE\sampleapp-8001"
     # nuget strategy: one runtime directory per exact version.
     assert s["base_python"] == r"C:\Program Files\Python-3.12.10\tools\python.exe"
     assert reg["Application"]["data"] == s["executable"]
-    assert cmdline_to_argv(reg["AppParameters"]["data"]) == WAITRESS_ARGS
-    assert reg["AppDirectory"]["data"] == r"C:\Program Files\sampleapp\current"
+    assert cmdline_to_argv(reg["AppParameters"]["data"]) == [release + r"\graceful_waitress.py",
+                                                               "--graceful-timeout=35", *WAITRESS_ARGS]
+    assert reg["AppDirectory"]["data"] == release
     # The environment goes to AppEnvironmentExtra through the script's SecureString parameter, not the plain list.
     assert "AppEnvironmentExtra" not in reg
     assert s["nssm_environment"] == ["APP_PORT=8001", "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"]
@@ -184,7 +189,8 @@ def test_windows_service_definition(tmp_path):
     assert reg["AppStdout"]["data"] == r"C:\ProgramData\sampleapp\logs\sampleapp-8001.out.log"
     expected_dwords = {"AppStdoutCreationDisposition": 4, "AppStderrCreationDisposition": 4, "AppRotateFiles": 1,
                        "AppRotateOnline": 1, "AppRotateSeconds": 0, "AppNoConsole": 1, "AppKillProcessTree": 1,
-                       "AppStopMethodConsole": 35000, "AppThrottle": 1500, "AppRestartDelay": 1000}
+                       "AppStopMethodConsole": 42000, "AppThrottle": 1500, "AppRestartDelay": 1000,
+                       "AppRedirectHook": 1}  # not "AppRedirectHooks" (README typo): registry.h
     assert {k: int(reg[k]["data"]) for k in expected_dwords} == expected_dwords
     assert all(reg[k]["type"] == "dword" for k in expected_dwords)
     # AppExit's default value as `nssm set` writes it (REG_SZ), so the two never flip-flop.
@@ -202,13 +208,16 @@ def test_linux_unit_runs_the_same_backend(tmp_path):
             k, v = line.split("=", 1)
             fields.setdefault(k, []).append(v)
     assert unit.startswith("#\n# Ansible managed")
-    assert shlex.split(fields["ExecStart"][0]) == ["/opt/sampleapp/current/venv/bin/python", *WAITRESS_ARGS]
+    release = "/opt/sampleapp/releases/1.0.0"
+    assert shlex.split(fields["ExecStart"][0]) == [f"{release}/venv/bin/python", f"{release}/graceful_waitress.py",
+                                                   "--graceful-timeout=35", *WAITRESS_ARGS]
+    assert fields["WorkingDirectory"] == [release]
     assert "Environment" not in fields  # secrets stay out of the world-readable unit
     assert fields["EnvironmentFile"] == ["/etc/systemd/system/sampleapp-8001.env"]
     env = [line for line in (out / "sampleapp-8001.env").read_text().splitlines() if not line.startswith("#")]
     assert sorted(env) == ['APP_PORT="8001"', 'PYTHONDONTWRITEBYTECODE="1"', 'PYTHONUNBUFFERED="1"']
     assert fields["User"] == ["sampleapp"] and fields["Restart"] == ["always"]
-    assert fields["KillSignal"] == ["SIGINT"] and fields["TimeoutStopSec"] == ["35000ms"]
+    assert fields["KillSignal"] == ["SIGINT"] and fields["TimeoutStopSec"] == ["42000ms"]
     assert fields["ReadWritePaths"] == ["/var/log/sampleapp"] and fields["ProtectSystem"] == ["strict"]
     assert "RestartSteps" not in fields  # systemd 252 (bookworm) has no stepped backoff
 

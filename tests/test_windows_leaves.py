@@ -68,3 +68,28 @@ def test_a_lone_percent_is_fine(tmp_path):
     rc, out = validate_windows(tmp_path, flask_app_environment={"RATE": "100%"},
                                nssm_service_environment={"RATE": "100%"})
     assert rc == 0, out[-2000:]
+
+
+def test_the_copy_nginx_tests_on_windows_listens_away_from_the_live_ports(tmp_path):
+    """`nginx -t` binds what it tests, and Windows lets it co-bind the live sockets: the tested copy must
+    listen on 127.0.0.2 only, and otherwise be the file that goes live."""
+    import os
+    import re
+
+    from test_templates import nginx_t
+
+    live = (render(tmp_path / "live", "windows") / "nginx.conf").read_text()
+    test_out = render(tmp_path / "test", "windows", __nginx_test_host="127.0.0.2")
+    tested = (test_out / "nginx.conf").read_text()
+    listen = re.compile(r"^(\s*listen\s+)([^\s;]+)", re.M)
+    listens = [m[1] for m in listen.findall(tested)]
+    assert listens and all(a.startswith("127.0.0.2:") for a in listens), listens
+    assert [m[1] for m in listen.findall(live)] == ["80", "127.0.0.1:8079"]
+
+    def same_but_listen(text, root):
+        return listen.sub(r"\1ADDR", text.replace(str(root), "ROOT"))
+
+    assert same_but_listen(tested, tmp_path / "test") == same_but_listen(live, tmp_path / "live")
+    if os.geteuid() == 0:
+        res = nginx_t(test_out / "nginx.conf", "windows")
+        assert res.returncode == 0, res.stderr

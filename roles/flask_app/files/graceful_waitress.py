@@ -10,10 +10,13 @@ Windows) instead:
   1. closes the listening socket - new connections are refused, and the proxy (nginx
      `proxy_next_upstream error`) retries them on another backend: nothing was sent, so even a POST is safe;
   2. keeps the I/O loop running: requests already received finish and their responses are written;
-  3. closes each connection once it has no request in flight or partly received, and exits when none is
-     left - or after the graceful timeout, whatever is still running.
-An idle keep-alive connection from the proxy is closed at once; a request the proxy sends on it at that
-very moment is lost to the race every HTTP server has (nginx retries it if its method is idempotent).
+  3. answers every request still arriving on an open connection with `Connection: close`, so a proxy's
+     kept-alive upstream connection carries one last request and is closed cleanly after its response;
+  4. after IDLE_GRACE seconds closes the connections that are idle, and exits when none is left - or after
+     the graceful timeout, whatever is still running.
+Only a request a proxy sends on an idle connection at the very moment it is closed after the grace is lost
+to the race every HTTP server has (nginx retries it if its method is idempotent); by then nginx has seen
+the refused connects and stopped choosing this backend.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from waitress import runner, wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
 log = logging.getLogger("graceful_waitress")
+# How long idle connections stay open after a stop began (each may still carry one request).
+IDLE_GRACE = 1.0
 
 
 class Stop(KeyboardInterrupt):
@@ -41,20 +46,38 @@ def listeners(server, socket_map):
     return [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)] or [server]
 
 
+def _closing(queue_task):
+    """Wrap a server's add_task: every request queued from now on is answered with Connection: close."""
+
+    def add_task(channel):
+        for request in list(channel.requests):
+            request.headers["CONNECTION"] = "close"
+        queue_task(channel)
+
+    return add_task
+
+
 def drain(server, socket_map, timeout: float) -> int:
     """Stop accepting, finish the requests in flight, close every connection. Returns those left."""
     servers = listeners(server, socket_map)
     for srv in servers:
         # The dispatcher's own close (not the server's, which also closes the loop's wake-up trigger).
         wasyncore.dispatcher.close(srv)
-    deadline = time.monotonic() + timeout
+        srv.add_task = _closing(srv.add_task)
+        for ch in list(srv.active_channels.values()):
+            for request in list(ch.requests):
+                request.headers["CONNECTION"] = "close"
+    started = time.monotonic()
+    deadline = started + timeout
     while True:
+        now = time.monotonic()
         channels = [ch for srv in servers for ch in list(srv.active_channels.values())]
-        if not channels or time.monotonic() >= deadline:
+        if not channels or now >= deadline:
             return len(channels)
-        for ch in channels:
-            if not ch.requests and ch.request is None and not ch.total_outbufs_len:
-                ch.will_close = True
+        if now >= started + min(IDLE_GRACE, timeout):
+            for ch in channels:
+                if not ch.requests and ch.request is None and not ch.total_outbufs_len:
+                    ch.will_close = True
         wasyncore.loop(timeout=0.05, map=socket_map, count=1)
 
 

@@ -55,11 +55,14 @@ foreach ($w in $wanted) {
         if ($key) { $key.Close() }
         continue
     }
-    $data = switch ($w.Kind) {
-        ([Microsoft.Win32.RegistryValueKind]::DWord) { [int]$w.Data }
-        ([Microsoft.Win32.RegistryValueKind]::MultiString) { [string[]]@($w.Data) }
-        default { [string]$w.Data }
+    # Not a switch expression: PowerShell unrolls an array a switch clause outputs, and SetValue needs a
+    # string[] for REG_MULTI_SZ (none, one or several lines).
+    if ($w.Kind -eq [Microsoft.Win32.RegistryValueKind]::DWord) { $data = [int]$w.Data }
+    elseif ($w.Kind -eq [Microsoft.Win32.RegistryValueKind]::MultiString) {
+        # A cast assigned as is stays a string[] (no type constraint on $data: it holds other kinds too).
+        $data = [string[]]@($w.Data | Where-Object { $null -ne $_ })
     }
+    else { $data = [string]$w.Data }
     $same = $false
     if ($present) {
         $have = $key.GetValue($w.Name, $null, [Microsoft.Win32.RegistryValueOptions]::DoNotExpandEnvironmentNames)

@@ -10,13 +10,17 @@ $rotated = '-\d{8}T\d{6}\.\d{3}\.log$'
 
 $dirs = @(Get-ChildItem -LiteralPath 'HKLM:\SYSTEM\CurrentControlSet\Services' |
         ForEach-Object {
-            $params = Join-Path $_.PSPath 'Parameters'
-            if (Test-Path -LiteralPath $params) {
-                $p = Get-ItemProperty -LiteralPath $params
-                foreach ($file in @($p.AppStdout, $p.AppStderr)) {
-                    if ($file) { Split-Path -Parent ([Environment]::ExpandEnvironmentVariables($file)) }
+            # A service key this account cannot read is skipped, not fatal.
+            try {
+                $params = Join-Path $_.PSPath 'Parameters'
+                if (Test-Path -LiteralPath $params) {
+                    $p = Get-ItemProperty -LiteralPath $params
+                    foreach ($file in @($p.AppStdout, $p.AppStderr)) {
+                        if ($file) { Split-Path -Parent ([Environment]::ExpandEnvironmentVariables($file)) }
+                    }
                 }
             }
+            catch { Write-Warning "skipped $($_.Exception.Message)" }
         } | Sort-Object -Unique)
 
 foreach ($dir in $dirs) {
