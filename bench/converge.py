@@ -13,33 +13,20 @@ import argparse
 import json
 import os
 import re
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT / "tools"))
+from fleetlib import deploy, hosts_tool  # noqa: E402
+
 FLEET, NET = "conv", "10.231.8"
 
 
-def hosts_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/testhosts.py"), *args, f"--fleet={FLEET}"],
-                          capture_output=True, text=True, check=False)
-
-
 def converge() -> dict:
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"}
-    t0 = time.monotonic()
-    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i",
-                          str(ROOT / f"build/hosts/{FLEET}/hosts.yml"), "-e", "nginx_linux_apt_update_cache=false",
-                          "-e", "flask_app_linux_apt_update_cache=false"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, check=False)
-    seconds = time.monotonic() - t0
-    if run.returncode:
-        raise RuntimeError(run.stdout[-3000:])
+    seconds, out = deploy(FLEET)
     stats = [dict(zip(("ok", "changed", "skipped"), map(int, m)))
-             for m in re.findall(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=\d+\s+skipped=(\d+)", run.stdout)]
+             for m in re.findall(r"ok=(\d+)\s+changed=(\d+)\s+unreachable=\d+\s+failed=\d+\s+skipped=(\d+)", out)]
     return {"seconds": round(seconds, 1), "changed_max": max(s["changed"] for s in stats),
             "tasks_per_host": max(s["ok"] + s["changed"] + s["skipped"] for s in stats)}
 
@@ -52,14 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for n in [int(x) for x in args.hosts.split(",")]:
-            hosts_tool("down")
-            up = hosts_tool("up", f"--count={n}", f"--net={NET}")
+            hosts_tool(FLEET, "down")
+            up = hosts_tool(FLEET, "up", f"--count={n}", f"--net={NET}")
             if up.returncode:
                 raise RuntimeError(up.stderr)
             if not rows:  # first time: build the wheelhouse outside the measurement
                 converge()
-                hosts_tool("down")
-                hosts_tool("up", f"--count={n}", f"--net={NET}")
+                hosts_tool(FLEET, "down")
+                hosts_tool(FLEET, "up", f"--count={n}", f"--net={NET}")
             full = converge()
             noop = converge()
             rows.append({"hosts": n, "full_s": full["seconds"], "full_changed": full["changed_max"],
@@ -67,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                          "tasks_per_host": full["tasks_per_host"]})
             print(f"converge: {rows[-1]}", file=sys.stderr, flush=True)
     finally:
-        hosts_tool("down")
+        hosts_tool(FLEET, "down")
     base = rows[0]
     for r in rows:
         r["full_vs_1"] = round(r["full_s"] / base["full_s"], 2)

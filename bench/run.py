@@ -35,6 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from fleetlib import deploy, hosts_tool, wrk_summary  # noqa: E402
+
 BUILD = ROOT / "build" / "bench"
 VENV_BIN = Path(sys.executable).parent
 PEERS_NS = "ffb-peers"
@@ -51,9 +54,6 @@ def log(msg: str) -> None:
 
 # ------------------------------------------------------------------------------------------ wrk
 
-UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-
-
 def wrk(ns: str, url: str, conns: int, seconds: float, threads: int = 2, script: str | None = None,
         env: dict | None = None) -> subprocess.Popen:
     threads = max(1, min(threads, conns))
@@ -62,23 +62,6 @@ def wrk(ns: str, url: str, conns: int, seconds: float, threads: int = 2, script:
         cmd += f" -s {script}"
     return subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", f"{cmd} {url}"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-
-
-def parse(text: str) -> dict:
-    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", text)
-    if not m:
-        raise RuntimeError(f"wrk produced no result:\n{text}")
-    requests = int(m.group(1))
-    seconds = float(m.group(2)) * {"ms": 0.001, "s": 1, "m": 60}[m.group(3)]
-    lat = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s|m)\s*$", text, re.M)}
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    errors = (sum(map(int, sock.groups())) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    return {"duration_s": round(seconds, 2), "requests": requests, "rps": round(requests / seconds, 1),
-            "p50_ms": round(lat.get("50", 0), 2), "p99_ms": round(lat.get("99", 0), 2), "errors": errors,
-            "socket_errors": (dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
-                              if sock else {}),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def settle(ns: str, url: str, timeout: float = 60) -> None:
@@ -94,7 +77,7 @@ def settle(ns: str, url: str, timeout: float = 60) -> None:
 
 
 def measure(ns: str, url: str, conns: int, seconds: float, **kw) -> dict:
-    result = parse(wrk(ns, url, conns, seconds, **kw).communicate(timeout=seconds + 120)[0])
+    result = wrk_summary(wrk(ns, url, conns, seconds, **kw).communicate(timeout=seconds + 120)[0])
     if "/test" in url and result["non_2xx"] < result["requests"]:  # (not for the always-failing check)
         settle(ns, url)
     return result
@@ -212,27 +195,14 @@ def ensure_peers_ns() -> None:
 
 # ------------------------------------------------------------------------------------------ ours
 
-def hosts_tool(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools/testhosts.py"), *args, f"--fleet={FLEET}"],
-                          capture_output=True, text=True, check=False)
-
-
 def deploy_ours(extra: list[str]) -> dict:
     """A fresh local test host with the stack converged by deploy.yml; returns its backend ports."""
-    hosts_tool("down")
-    up = hosts_tool("up", "--count=1", f"--net={NET}")
+    hosts_tool(FLEET, "down")
+    up = hosts_tool(FLEET, "up", "--count=1", f"--net={NET}")
     if up.returncode:
         raise RuntimeError(up.stderr)
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"}
-    cmd = [str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(ROOT / f"build/hosts/{FLEET}/hosts.yml"),
-           "-e", "nginx_linux_apt_update_cache=false", "-e", "flask_app_linux_apt_update_cache=false"]
-    for e in extra:
-        cmd += ["-e", e]
-    t0 = time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
-    if run.returncode:
-        raise RuntimeError(run.stdout[-3000:] + run.stderr[-2000:])
-    log(f"ours: converged in {time.monotonic() - t0:.0f}s")
+    seconds, _ = deploy(FLEET, extra)
+    log(f"ours: converged in {seconds:.0f}s")
     ns = f"ffh-{HOST}"
     for key, value in (("net.ipv4.tcp_tw_reuse", "1"), ("net.ipv4.ip_local_port_range", "10000 65000")):
         subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", f"{key}={value}"], check=False)
@@ -307,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
 
     def add(topology: str, scenario: str, conc: int, result: dict) -> None:
-        rows.append({"topology": topology, "scenario": scenario, "concurrency": conc, **result})
+        kept = {k: v for k, v in result.items() if k not in ("raw", "failed")}
+        rows.append({"topology": topology, "scenario": scenario, "concurrency": conc, **kept})
         log(f"{topology:<16} {scenario:<14} c={conc:<5} {result['rps']:>8.0f} req/s  p99 {result['p99_ms']:.1f} ms  "
             f"errors {result['errors']}")
 
@@ -346,13 +317,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(3)  # the sleeps are in flight
                 res = measure(ns, "http://127.0.0.1/test", c, duration)
                 slow.send_signal(signal.SIGINT)
-                slow_res = parse(slow.communicate(timeout=60)[0])
+                slow_res = wrk_summary(slow.communicate(timeout=60)[0])
                 add("ours", f"test+{sleeps}sleep", c, {**res, "sleep_requests": slow_res["requests"],
                                                           "sleep_errors": slow_res["errors"],
                                                           "baseline_p99_ms": base["p99_ms"]})
     finally:
         if any(t.startswith("ours") for t in only) and not os.environ.get("BENCH_KEEP_HOSTS"):
-            hosts_tool("down")
+            hosts_tool(FLEET, "down")
         subprocess.run(["ip", "netns", "delete", PEERS_NS], check=False)
 
     out = Path(args.out)

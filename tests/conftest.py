@@ -17,11 +17,5 @@ def venv_env() -> dict:
     return env
 
 
-def parse_wrk(text: str) -> dict:
-    """wrk's summary: requests, and failed = socket errors + non-2xx responses (what a client saw)."""
-    total = int(re.search(r"(\d+) requests in", text).group(1))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-    failed = (sum(map(int, sock.groups())) if sock else 0) + (int(non2xx.group(1)) if non2xx else 0)
-    assert total > 0, text
-    return {"requests": total, "failed": failed, "raw": text}
+sys.path.insert(0, str(ROOT / "tools"))
+from fleetlib import wrk_summary as parse_wrk  # noqa: E402,F401 - the one wrk parser (tests and bench)

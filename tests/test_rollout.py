@@ -126,6 +126,15 @@ def lb_events():
     return [line for line in lines if line]
 
 
+def on(host, *cmd):
+    """Run a command inside the host (all its namespaces)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import testhosts
+
+    init = testhosts.container_init(testhosts.Fleet(FLEET).state()["hosts"][host]["nspawn_pid"])
+    return subprocess.run(["nsenter", "-t", str(init), "-a", *cmd], capture_output=True, text=True, check=True)
+
+
 def rootfs(host):
     return ROOT / f"build/hosts/{FLEET}/{host}/rootfs"
 
@@ -147,6 +156,7 @@ class CurrentWatcher(threading.Thread):
                     os.readlink(link)
                 except OSError:
                     self.missing += 1
+            time.sleep(0.0005)  # ~1,000 rounds a second, without taking a core from the rollout
 
 
 def record(name, seconds, stats, rc):
@@ -194,7 +204,7 @@ def test_switching_current_alone_moves_no_backend():
     assert rc == 0, out[-3000:]
     assert os.readlink(rootfs(HOSTS[0]) / "opt/sampleapp/current").endswith("/releases/1.1.0")
     victim = backend(HOSTS[0], 8002)
-    subprocess.run(["ip", "netns", "exec", f"ffh-{HOSTS[0]}", "kill", "-9", str(victim["pid"])], check=True)
+    on(HOSTS[0], "kill", "-9", str(victim["pid"]))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         now = backend(HOSTS[0], 8002)
@@ -217,8 +227,8 @@ def test_rollout_of_a_new_version_drops_nothing():
                                        flask_app_version="1.1.0", deploy_serial=[1, 2])
     watcher.stop.set()
     watcher.join()
+    stats["current_reads"], stats["current_missing"] = watcher.reads, watcher.missing
     record("deploy 1.1.0", seconds, stats, rc)
-    RESULTS["deploy 1.1.0"]["current_reads"] = watcher.reads
     assert rc == 0, out[-3000:]
     after = fleet_state()
     assert versions(after) == {h: ["1.1.0"] for h in HOSTS}
@@ -329,15 +339,10 @@ def test_keepalive_clients_straight_at_a_host():
 def test_a_failed_prune_never_rolls_back_a_deploy_that_passed_its_gate():
     """Prune runs after the gate and outside the rollback: a release that cannot be removed (here a busy
     mount point inside it) leaves a warning and the leftovers, the deploy stands, the next run removes them."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import testhosts
-
     host = HOSTS[2]
     old = "/opt/sampleapp/releases/1.1.0"
     assert (rootfs(host) / old.lstrip("/")).is_dir()
-    init = testhosts.container_init(testhosts.Fleet(FLEET).state()["hosts"][host]["nspawn_pid"])
-    mount = ["nsenter", "-t", str(init), "-m"]
-    subprocess.run([*mount, "mount", "-t", "tmpfs", "tmpfs", f"{old}/wheels"], check=True)
+    on(host, "mount", "-t", "tmpfs", "tmpfs", f"{old}/wheels")
     app = {"flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "flask_app_threads": 6,
            "nginx_client_max_body_size": "5m", "flask_app_backend_count": 3, "flask_app_keep_releases": 1}
     try:
@@ -348,8 +353,28 @@ def test_a_failed_prune_never_rolls_back_a_deploy_that_passed_its_gate():
         assert {backend(host, p)["version"] for p in (8001, 8002, 8003)} == {"1.0.0"}
         assert (rootfs(host) / old.lstrip("/")).is_dir()
     finally:
-        subprocess.run([*mount, "umount", f"{old}/wheels"], check=False)
+        on(host, "umount", f"{old}/wheels")
     rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **app)
     assert rc == 0, out[-3000:]
     assert not (rootfs(host) / old.lstrip("/")).exists()
     lb_events()
+
+
+def test_a_host_with_one_backend_rolls_out_and_back():
+    """One backend (the default on a 1-vCPU host): a version rollout and a rollback both complete. While
+    the only backend restarts, nginx has nowhere to retry (clients straight at the host see 502s for that
+    moment - measured, not asserted; the external load balancer hook takes such a host out first)."""
+    host = HOSTS[2]
+    base = {"nginx_client_max_body_size": "5m", "flask_app_backend_count": 1, "deploy_serial": "100%",
+            "flask_app_threads": 6}
+    direct = {"load": True, "limit_host": host, "target": f"{host_ip(host)}:80", "conns": 20, "pace_ms": 50}
+    rc, out, seconds, stats = playbook("deploy.yml", **direct, **base, flask_app_version="1.1.0",
+                                       flask_app_source_dir=str(release("1.1.0")))
+    record("one backend: deploy 1.1.0", seconds, stats, rc)
+    assert rc == 0, out[-3000:]
+    assert backend(host, 8001)["version"] == "1.1.0" and backend(host, 8002) is None
+    rc, out, seconds, stats = playbook("playbooks/rollback.yml", **direct, **base, flask_app_rollback_to="1.0.0")
+    record("one backend: rollback", seconds, stats, rc)
+    assert rc == 0, out[-3000:]
+    assert backend(host, 8001)["version"] == "1.0.0"
+    assert lb_events() == [f"drain {host}", f"undrain {host}", f"drain {host}", f"undrain {host}"]

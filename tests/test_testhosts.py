@@ -65,3 +65,10 @@ def test_up_ping_running_down_leaves_nothing(cycle):
     assert left.returncode == 0, left.stdout
     assert all(v == [] for v in json.loads(left.stdout).values())
     print(f"cycle {cycle}: up {boot_s:.1f}s (boot {state['boot_seconds']}s)")
+
+
+def test_usage_lists_reboot_and_it_needs_a_host():
+    usage = subprocess.run([*TOOL, "--help"], capture_output=True, text=True, check=False).stdout
+    assert "reboot --host NAME" in usage
+    res = subprocess.run([*TOOL, "reboot", "--fleet", "smoke"], capture_output=True, text=True, check=False)
+    assert res.returncode == 2 and "reboot needs --host" in res.stderr

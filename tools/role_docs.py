@@ -34,7 +34,9 @@ def table(role: str) -> str:
         lines += [f"Entry point `{entry}`: {cell(spec.get('short_description', ''))}", "",
                   "| Variable | Type | Default | Description |", "|---|---|---|---|"]
         for name, opt in spec["options"].items():
-            if "default" in opt:
+            if opt.get("required"):
+                default = "**required**"
+            elif "default" in opt:
                 default = f"`{json.dumps(opt['default'])}`"
             else:
                 default = "see defaults/main.yml" if entry == "main" else "as `main`"

@@ -7,6 +7,7 @@ the hosts over ssh with `ip netns exec <ctl-ns> nc %h %p` as ProxyCommand.
 
     testhosts.py up   [--fleet local] [--count 2] [--net 10.231.1]   boot hosts, write inventory
     testhosts.py down [--fleet local]                                 stop hosts, remove everything
+    testhosts.py reboot --host NAME [--fleet local]                   reboot one host, wait for systemd
     testhosts.py status [--fleet local]                               JSON state
     testhosts.py instances [--fleet local]                            molecule instance config (JSON)
     testhosts.py urls [--fleet local]                                 how to reach each site
@@ -534,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", help="the host to reboot")
     p.add_argument("--net", default=None, help="first three octets of the fleet's /24 (default 10.231.1)")
     args = p.parse_args(argv)
+    if args.command == "reboot" and not args.host:
+        p.error("reboot needs --host NAME")
     if os.geteuid() != 0:
         raise SystemExit("error: test hosts need root (network namespaces, systemd-nspawn)")
     fleet = Fleet(args.fleet, args.net)
