@@ -99,6 +99,31 @@ def test_idle_connections_are_closed_after_the_grace(port):
     assert proc.returncode == 0
 
 
+def test_connections_queued_in_the_kernel_are_served_not_reset(port):
+    """Connections the kernel completed but waitress had not accepted yet (here: past its connection limit)
+    may already carry a request; the stop accepts and serves them instead of resetting them."""
+    cmd = [str(LAUNCHER), "--graceful-timeout=10"]
+    proc = subprocess.Popen([sys.executable, *cmd, f"--listen=127.0.0.1:{port}", "--threads=2",
+                             "--connection-limit=3", "--call", "sampleapp:create_app"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(1.5)
+    holder = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    holder.request("GET", "/test")
+    # The one connection waitress accepts (its limit counts the listening socket and its wake-up pipe too).
+    assert holder.getresponse().read() == b"hello world"
+    queued = []
+    for _ in range(3):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        conn.request("POST", "/echo", body=b"x" * 100)  # sent into the accept queue
+        queued.append(conn)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    for conn in queued:
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, b'{"received":100}\n')
+    proc.wait(timeout=15)
+
+
 def test_graceful_timeout_bounds_the_stop(port):
     proc = start([str(LAUNCHER), "--graceful-timeout=1"], port)
     result = {}

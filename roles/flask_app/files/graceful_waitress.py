@@ -7,8 +7,9 @@ waitress-serve's own stop (SIGINT / Ctrl-C) leaves the I/O loop at once: respons
 lost and the listening socket stays open until the process exits, so connections queued meanwhile are reset
 after the proxy sent its request. Here the first SIGINT or SIGTERM (Ctrl-C or Ctrl-Break from NSSM on
 Windows) instead:
-  1. closes the listening socket - new connections are refused, and the proxy (nginx
-     `proxy_next_upstream error`) retries them on another backend: nothing was sent, so even a POST is safe;
+  1. accepts the connections already queued in the kernel, then closes the listening socket - new connections
+     are refused, and the proxy (nginx `proxy_next_upstream error`) retries them on another backend: nothing
+     was sent, so even a POST is safe;
   2. keeps the I/O loop running: requests already received finish and their responses are written;
   3. answers every request still arriving on an open connection with `Connection: close`, so a proxy's
      kept-alive upstream connection carries one last request and is closed cleanly after its response;
@@ -57,10 +58,23 @@ def _closing(queue_task):
     return add_task
 
 
+def _accept_queued(srv) -> None:
+    """Accept what is queued, past the connection limit too (those are served during the drain)."""
+    for _ in range(100000):
+        before = len(srv.active_channels)
+        srv.handle_accept()
+        if len(srv.active_channels) == before:
+            return
+
+
 def drain(server, socket_map, timeout: float) -> int:
     """Stop accepting, finish the requests in flight, close every connection. Returns those left."""
     servers = listeners(server, socket_map)
     for srv in servers:
+        # Take every connection the kernel already completed (they sit in the accept queue, maybe with a
+        # request sent): closing the socket would reset them. Then close it - the window between the last
+        # accept and the close is microseconds, not a queue.
+        _accept_queued(srv)
         # The dispatcher's own close (not the server's, which also closes the loop's wake-up trigger).
         wasyncore.dispatcher.close(srv)
         srv.add_task = _closing(srv.add_task)
