@@ -327,8 +327,8 @@ def test_keepalive_clients_straight_at_a_host():
                                        flask_app_rollback_to="1.0.0").values()} == {"1.0.0"}
     # Upstream keep-alive on: applied without load (a reload resets idle client connections: measured in
     # test_reliability), then the rolling restart under load.
-    rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **base, flask_app_threads=7,
-                             nginx_upstream_keepalive=64)
+    rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host,
+                             **{**base, "flask_app_threads": 7, "nginx_upstream_keepalive": 64})
     assert rc == 0, out[-3000:]
     step("direct: rolling restart, upstream keep-alive", flask_app_threads=8, nginx_upstream_keepalive=64)
     rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **base)

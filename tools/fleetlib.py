@@ -44,15 +44,47 @@ def ansible_env() -> dict:
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", "ANSIBLE_NOCOLOR": "1"}
 
 
-def deploy(fleet: str, extra: list[str] | tuple = (), playbook: str = "deploy.yml") -> tuple[float, str]:
+def deploy(fleet: str, extra: list[str] | tuple = (), playbook: str = "deploy.yml",
+           json_output: bool = False) -> tuple[float, str]:
     """Run a playbook against a fleet of local test hosts (no apt index refresh: the hosts are offline).
-    Returns (seconds, output); raises with the output's tail when it fails."""
+    Returns (seconds, output: the json callback's document with json_output); raises with the output's
+    tail when it fails."""
+    env = ansible_env()
+    if json_output:
+        env["ANSIBLE_STDOUT_CALLBACK"] = "ansible.posix.json"
     cmd = [str(VENV_BIN / "ansible-playbook"), playbook, "-i", str(ROOT / f"build/hosts/{fleet}/hosts.yml"),
            "-e", "nginx_linux_apt_update_cache=false", "-e", "flask_app_linux_apt_update_cache=false"]
     for e in extra:
         cmd += ["-e", e]
     t0 = time.monotonic()
-    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=ansible_env(), check=False)
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, check=False)
     if run.returncode:
         raise RuntimeError(run.stdout[-3000:] + run.stderr[-2000:])
     return time.monotonic() - t0, run.stdout
+
+
+# Tasks that run on the controller only (no connection to the host).
+CONTROLLER_ACTIONS = {"set_fact", "assert", "debug", "fail", "include_tasks", "include_role", "import_tasks",
+                      "import_role", "meta", "validate_argument_spec", "add_host", "group_by", "pause"}
+
+
+def task_counts(doc: dict) -> dict:
+    """Per host, from the json callback's document: tasks that ran (ok or changed), tasks skipped, and the
+    work done on the host itself - module runs there, every loop item and retry counted (on Windows each
+    one is a WinRM/PSRP round trip)."""
+    counts: dict = {}
+    for play in doc["plays"]:
+        for task in play["tasks"]:
+            for host, res in task["hosts"].items():
+                c = counts.setdefault(host, {"tasks": 0, "skipped": 0, "host_runs": 0})
+                if res.get("skipped"):
+                    c["skipped"] += 1
+                    continue
+                c["tasks"] += 1
+                action = res.get("action", "").rsplit(".", 1)[-1]
+                if action in CONTROLLER_ACTIONS or "_ansible_delegated_vars" in res:
+                    continue
+                items = res.get("results") if isinstance(res.get("results"), list) else [res]
+                c["host_runs"] += sum(max(1, int(i.get("attempts", 1))) for i in items
+                                      if isinstance(i, dict) and not i.get("skipped"))
+    return counts
