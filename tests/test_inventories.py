@@ -86,3 +86,11 @@ def test_inventory_policy_accepts_the_shipped_inventories_and_credssp_5(tmp_path
         res = subprocess.run([sys.executable, str(ROOT / "tools/inventory_policy.py"), str(target)],
                              capture_output=True, text=True, check=False)
         assert res.returncode == 0, res.stderr
+
+
+def test_ansible_cfg_has_only_keys_ansible_knows():
+    """An unknown key is ignored silently by ansible-playbook (a `result_format` once left the output
+    format to chance); ansible-config validate names it."""
+    res = subprocess.run([str(VENV_BIN / "ansible-config"), "validate", "-t", "all"], capture_output=True, text=True,
+                         env={**venv_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}, cwd=ROOT, check=False)
+    assert res.returncode == 0 and "unknown" not in (res.stdout + res.stderr).lower(), res.stdout + res.stderr

@@ -51,7 +51,7 @@ def host_ip(host):
     return inv["all"]["children"]["app_servers"]["hosts"][host]["ansible_host"]
 
 
-def playbook(name, load=True, limit_host=None, tags=None, target=None, conns=60, pace_ms=80, **extra):
+def playbook(name, load=True, limit_host=None, tags=None, target=None, conns=60, pace_ms=80, args=(), **extra):
     """Run a playbook against the fleet, with the wrk load around it (through the load balancer, or at
     `target`). Returns (rc, output, seconds, load)."""
     extra = {
@@ -74,7 +74,7 @@ def playbook(name, load=True, limit_host=None, tags=None, target=None, conns=60,
     t0 = time.monotonic()
     run = subprocess.run([str(VENV_BIN / "ansible-playbook"), name, "-i", str(ROOT / f"build/hosts/{FLEET}/hosts.yml"),
                           "-e", f"@{extra_file}", *(["-l", limit_host] if limit_host else []),
-                          *(["-t", tags] if tags else [])], capture_output=True, text=True, env=venv_env(), cwd=ROOT,
+                          *(["-t", tags] if tags else []), *args], capture_output=True, text=True, env=venv_env(), cwd=ROOT,
                          timeout=1200, check=False)
     seconds = time.monotonic() - t0
     stats = None
@@ -265,6 +265,21 @@ def test_rollback_playbook_returns_everywhere_to_the_previous_release():
     assert rc == 0, out[-3000:]
     assert versions(fleet_state()) == {h: ["1.0.0"] for h in HOSTS}
     assert_no_failures("rollback.yml", stats)
+
+
+def test_rollback_playbook_checks_first_and_never_leaves_a_host_out():
+    """playbooks/rollback.yml: bad settings are refused before the host leaves the load balancer; in check
+    mode the load balancer is not touched; a rollback that fails puts the host back and says so."""
+    host = HOSTS[0]
+    lb_events()
+    rc, out, _, _ = playbook("playbooks/rollback.yml", load=False, limit_host=host, flask_app_backend_ports=[0])
+    assert rc != 0 and "flask_app_backend_ports" in out and lb_events() == []
+    rc, out, _, _ = playbook("playbooks/rollback.yml", load=False, limit_host=host, args=["--check"])
+    assert lb_events() == []
+    rc, out, _, _ = playbook("playbooks/rollback.yml", load=False, limit_host=host, flask_app_rollback_to="9.9.9")
+    assert rc != 0 and "The host is back in the load balancer" in out, out[-3000:]
+    assert lb_events() == [f"drain {host}", f"undrain {host}"]
+    assert versions(fleet_state())[host] == ["1.0.0"]
 
 
 def test_a_changed_setting_restarts_only_what_it_touches():

@@ -28,7 +28,7 @@ def render(out: Path, platform: str, **extra) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     extra_file = out / "extra.yml"
     # The backend's service definition exactly as the role passes it to nssm_service.
-    service = yaml.safe_load((ROOT / "roles/flask_app/tasks/backend.yml").read_text())[0]["vars"]
+    service = yaml.safe_load((ROOT / "roles/flask_app/tasks/backend_service.yml").read_text())[0]["vars"]
     extra_file.write_text(yaml.safe_dump({**service, "nginx_windows_root": str(out / "nginx"), **extra}))
     env = venv_env()
     env["ANSIBLE_FILTER_PLUGINS"] = str(ROOT / "roles/nssm_service/filter_plugins")

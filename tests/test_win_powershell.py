@@ -257,3 +257,13 @@ def test_block_when_inherited():
                 error_action: stop
         """)
     assert wp.check_powershell_task(inner[0]) == []
+
+
+def test_powershell_templates_are_parsed_with_jinja_neutralised(tmp_path):
+    role = _role(tmp_path, CLEAN_SCRIPT)
+    (role / "templates").mkdir()
+    good = "{{ ansible_managed | comment }}\n$logs = '{{ root }}\\logs'\n& '{{ exe }}' rotate nginx\n"
+    (role / "templates" / "rotate.ps1.j2").write_text(good)
+    assert wp.role_script_problems(role) == []
+    (role / "templates" / "rotate.ps1.j2").write_text(good + "if ($x) {\n")
+    assert [(p.path.name, p.line) for p in wp.role_script_problems(role)] == [("rotate.ps1.j2", 4)]

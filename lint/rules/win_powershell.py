@@ -429,17 +429,22 @@ def check_powershell_task(task: Task) -> list[Problem]:
 
 
 def role_script_problems(role: Path) -> list[Problem]:
-    """win-ps[syntax] for every *.ps1/*.psm1 under a role's files/."""
-    files = role / "files"
-    if not files.is_dir():
-        return []
+    """win-ps[syntax] for every *.ps1/*.psm1 under a role's files/, and every *.ps1.j2 template under its
+    templates/ (Jinja neutralised, lines kept)."""
+    candidates = []
+    if (role / "files").is_dir():
+        candidates += [p for p in (role / "files").rglob("*") if p.suffix.lower() in (".ps1", ".psm1")]
+    if (role / "templates").is_dir():
+        candidates += [p for p in (role / "templates").rglob("*.ps1.j2")]
     problems: list[Problem] = []
-    for path in sorted(p for p in files.rglob("*") if p.suffix.lower() in (".ps1", ".psm1") and p.is_file()):
+    for path in sorted(p for p in candidates if p.is_file()):
         try:
             text = path.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem("syntax", f"cannot read: {exc}", line=1, path=path))
             continue
+        if path.name.endswith(".j2"):
+            text = neutralise_jinja(text)
         problems += check_syntax(Script(text, path, 1, False))
     return problems
 
