@@ -23,6 +23,7 @@ the refused connects and stopped choosing this backend.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -58,9 +59,13 @@ def _closing(queue_task):
     return add_task
 
 
+# select() on Windows handles at most 512 sockets per process (CPython's FD_SETSIZE there): stay below it.
+_ACCEPT_MAX = 400 if os.name == "nt" else 100000
+
+
 def _accept_queued(srv) -> None:
     """Accept what is queued, past the connection limit too (those are served during the drain)."""
-    for _ in range(100000):
+    for _ in range(_ACCEPT_MAX):
         before = len(srv.active_channels)
         srv.handle_accept()
         if len(srv.active_channels) == before:

@@ -28,6 +28,10 @@ foreach ($dir in $dirs) {
     Get-ChildItem -LiteralPath $dir -File |
         Where-Object { $_.Name -match $rotated -and $_.LastWriteTime -lt $cutoff } |
         ForEach-Object {
-            if ($PSCmdlet.ShouldProcess($_.FullName, 'Delete rotated log')) { Remove-Item -LiteralPath $_.FullName }
+            # A file in use is skipped (and retried tomorrow), not fatal for the rest.
+            try {
+                if ($PSCmdlet.ShouldProcess($_.FullName, 'Delete rotated log')) { Remove-Item -LiteralPath $_.FullName }
+            }
+            catch { Write-Warning "kept $($_.Exception.Message)" }
         }
 }
