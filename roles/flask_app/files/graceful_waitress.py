@@ -59,13 +59,15 @@ def _closing(queue_task):
     return add_task
 
 
-# select() on Windows handles at most 512 sockets per process (CPython's FD_SETSIZE there): stay below it.
-_ACCEPT_MAX = 400 if os.name == "nt" else 100000
+# select() on Windows handles at most 512 sockets per process (CPython's FD_SETSIZE there): stay below it,
+# counting the sockets already open.
+_SELECT_MAX = 480 if os.name == "nt" else None
 
 
 def _accept_queued(srv) -> None:
     """Accept what is queued, past the connection limit too (those are served during the drain)."""
-    for _ in range(_ACCEPT_MAX):
+    room = 100000 if _SELECT_MAX is None else max(0, _SELECT_MAX - len(srv._map))
+    for _ in range(room):
         before = len(srv.active_channels)
         srv.handle_accept()
         if len(srv.active_channels) == before:
