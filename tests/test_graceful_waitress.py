@@ -124,6 +124,22 @@ def test_connections_queued_in_the_kernel_are_served_not_reset(port):
     proc.wait(timeout=15)
 
 
+def test_a_connection_whose_request_comes_late_is_served_not_closed(port):
+    """A proxy connects, then (on a loaded host) sends its request only after the idle grace: the stop
+    waits for it and answers it, instead of closing the connection under the request."""
+    proc = start([str(LAUNCHER), "--graceful-timeout=20"], port)
+    late = socket.create_connection(("127.0.0.1", port), timeout=10)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.8)  # past the 1 s grace
+    late.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+    reply = b""
+    while chunk := late.recv(4096):
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200") and b'{"received":3}' in reply, reply
+    proc.wait(timeout=15)
+
+
 def test_graceful_timeout_bounds_the_stop(port):
     proc = start([str(LAUNCHER), "--graceful-timeout=1"], port)
     result = {}

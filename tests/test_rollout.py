@@ -218,6 +218,7 @@ def test_switching_current_alone_moves_no_backend():
 
 
 def test_rollout_of_a_new_version_drops_nothing():
+    lb_events()
     before = fleet_state()
     assert set(sum(versions(before).values(), [])) == {"1.0.0"}
     watcher = CurrentWatcher()
@@ -241,6 +242,7 @@ def test_rollout_of_a_new_version_drops_nothing():
 
 
 def test_broken_release_halts_after_first_batch_and_rolls_back():
+    lb_events()
     before = fleet_state()
     rc, out, seconds, stats = playbook("deploy.yml", flask_app_source_dir=str(release("1.2.0", broken=True)),
                                        flask_app_version="1.2.0")
@@ -318,6 +320,7 @@ def test_keepalive_clients_straight_at_a_host():
     them) through a rolling restart, a version rollout and a rollback with upstream keep-alive off (the Linux
     default), then a rolling restart with upstream keep-alive on (64, the Windows default): 0 failed."""
     host = HOSTS[1]
+    lb_events()
     target = f"{host_ip(host)}:80"
     base = {"nginx_client_max_body_size": "5m", "flask_app_backend_count": 3, "deploy_serial": "100%",
             "flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "flask_app_threads": 6}
@@ -355,18 +358,21 @@ def test_a_failed_prune_never_rolls_back_a_deploy_that_passed_its_gate():
     """Prune runs after the gate and outside the rollback: a release that cannot be removed (here a busy
     mount point inside it) leaves a warning and the leftovers, the deploy stands, the next run removes them."""
     host = HOSTS[2]
+    lb_events()
     old = "/opt/sampleapp/releases/1.1.0"
     assert (rootfs(host) / old.lstrip("/")).is_dir()
     on(host, "mount", "-t", "tmpfs", "tmpfs", f"{old}/wheels")
-    app = {"flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "flask_app_threads": 6,
+    # A new release with one kept: 1.0.0 and 1.1.0 are pruned, 1.1.0 cannot be.
+    app = {"flask_app_source_dir": str(release("1.3.0")), "flask_app_version": "1.3.0", "flask_app_threads": 6,
            "nginx_client_max_body_size": "5m", "flask_app_backend_count": 3, "flask_app_keep_releases": 1}
     try:
         rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **app)
         assert rc == 0, out[-3000:]
         assert f"pruning on {host} failed" in out
         assert "Rolled back" not in out
-        assert {backend(host, p)["version"] for p in (8001, 8002, 8003)} == {"1.0.0"}
+        assert {backend(host, p)["version"] for p in (8001, 8002, 8003)} == {"1.3.0"}
         assert (rootfs(host) / old.lstrip("/")).is_dir()
+        assert not (rootfs(host) / "opt/sampleapp/releases/1.0.0").exists()
     finally:
         on(host, "umount", f"{old}/wheels")
     rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **app)
@@ -380,6 +386,7 @@ def test_a_host_with_one_backend_rolls_out_and_back():
     the only backend restarts, nginx has nowhere to retry (clients straight at the host see 502s for that
     moment - measured, not asserted; the external load balancer hook takes such a host out first)."""
     host = HOSTS[2]
+    lb_events()
     base = {"nginx_client_max_body_size": "5m", "flask_app_backend_count": 1, "deploy_serial": "100%",
             "flask_app_threads": 6}
     direct = {"load": True, "limit_host": host, "target": f"{host_ip(host)}:80", "conns": 20, "pace_ms": 50}
@@ -388,8 +395,9 @@ def test_a_host_with_one_backend_rolls_out_and_back():
     record("one backend: deploy 1.1.0", seconds, stats, rc)
     assert rc == 0, out[-3000:]
     assert backend(host, 8001)["version"] == "1.1.0" and backend(host, 8002) is None
-    rc, out, seconds, stats = playbook("playbooks/rollback.yml", **direct, **base, flask_app_rollback_to="1.0.0")
+    # Back to the release installed before (1.3.0, from the prune test).
+    rc, out, seconds, stats = playbook("playbooks/rollback.yml", **direct, **base)
     record("one backend: rollback", seconds, stats, rc)
     assert rc == 0, out[-3000:]
-    assert backend(host, 8001)["version"] == "1.0.0"
+    assert backend(host, 8001)["version"] == "1.3.0"
     assert lb_events() == [f"drain {host}", f"undrain {host}", f"drain {host}", f"undrain {host}"]

@@ -13,8 +13,10 @@ Windows) instead:
   2. keeps the I/O loop running: requests already received finish and their responses are written;
   3. answers every request still arriving on an open connection with `Connection: close`, so a proxy's
      kept-alive upstream connection carries one last request and is closed cleanly after its response;
-  4. after IDLE_GRACE seconds closes the connections that are idle, and exits when none is left - or after
-     the graceful timeout, whatever is still running.
+  4. after IDLE_GRACE seconds closes the connections that are idle after a response (a proxy's kept-alive
+     ones); a connection that has not sent its first request yet is waited for (a proxy sends it right after
+     connecting, but on a loaded host that can take a while), and exits when none is left - or after the
+     graceful timeout, whatever is still running.
 Only a request a proxy sends on an idle connection at the very moment it is closed after the grace is lost
 to the race every HTTP server has (nginx retries it if its method is idempotent); by then nginx has seen
 the refused connects and stopped choosing this backend.
@@ -46,6 +48,17 @@ def _raise_stop(signum, frame):  # noqa: ARG001 - signal handler signature
 
 def listeners(server, socket_map):
     return [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)] or [server]
+
+
+def _marking(queue_task):
+    """Wrap a server's add_task: remember that the channel carried a request (so, once idle again, it is a
+    kept-alive connection that may be closed; one that never carried one is still to send it)."""
+
+    def add_task(channel):
+        channel.graceful_served = True
+        queue_task(channel)
+
+    return add_task
 
 
 def _closing(queue_task):
@@ -97,7 +110,8 @@ def drain(server, socket_map, timeout: float) -> int:
             return len(channels)
         if now >= started + min(IDLE_GRACE, timeout):
             for ch in channels:
-                if not ch.requests and ch.request is None and not ch.total_outbufs_len:
+                if (getattr(ch, "graceful_served", False) and not ch.requests and ch.request is None
+                        and not ch.total_outbufs_len):
                     ch.will_close = True
         wasyncore.loop(timeout=0.05, map=socket_map, count=1)
 
@@ -105,6 +119,8 @@ def drain(server, socket_map, timeout: float) -> int:
 def serve(app, graceful_timeout: float, **kw) -> None:
     socket_map: dict = {}
     server = create_server(app, map=socket_map, **kw)
+    for srv in listeners(server, socket_map):
+        srv.add_task = _marking(srv.add_task)
     server.print_listen("Serving on http://{}:{}")
     signal.signal(signal.SIGINT, _raise_stop)
     signal.signal(signal.SIGTERM, _raise_stop)
