@@ -8,6 +8,16 @@ VENV_BIN = Path(sys.executable).parent
 sys.path.insert(0, str(ROOT / "lint" / "rules"))
 
 
+def load_file_module(rel: str):
+    """Import a Python file of the project (e.g. a role's filter plugin) by its path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def venv_env() -> dict:
     """Environment for tools from the venv (molecule and ansible-lint call other venv binaries)."""
     env = dict(os.environ)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, VENV_BIN, venv_env
+from conftest import ROOT, VENV_BIN, load_file_module, venv_env
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 PORTS = [8001, 8002, 8003, 8004]
@@ -224,12 +224,7 @@ def test_linux_unit_runs_the_same_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def quoting():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quoting", ROOT / "roles/nssm_service/filter_plugins/quoting.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_module("roles/nssm_service/filter_plugins/quoting.py")
 
 
 @pytest.mark.parametrize("args", [

@@ -2,23 +2,19 @@
 the validation that runs there with Windows facts. What only a Windows host can show is listed in
 docs/windows-audit.md."""
 
-import importlib.util
 import json
 import subprocess
 
 import pytest
 import yaml
 
-from conftest import ROOT, VENV_BIN, venv_env
+from conftest import ROOT, VENV_BIN, load_file_module, venv_env
 from test_templates import cmdline_to_argv, render
 
 
 @pytest.fixture(scope="module")
 def accounts():
-    spec = importlib.util.spec_from_file_location("accounts", ROOT / "roles/nssm_service/filter_plugins/accounts.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_file_module("roles/nssm_service/filter_plugins/accounts.py")
 
 
 def test_service_sid_matches_windows(accounts):
