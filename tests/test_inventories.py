@@ -1,6 +1,8 @@
 """The shipped inventories and collection requirements are consistent with what is installed."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -33,8 +35,23 @@ def test_prod_inventory_is_windows_over_psrp_https_with_validation():
     hv = data["_meta"]["hostvars"][hosts[0]]
     assert hv["ansible_connection"] == "ansible.builtin.psrp"
     assert hv["ansible_psrp_protocol"] == "https" and hv["ansible_psrp_cert_validation"] == "validate"
-    assert hv["ansible_password"] == "{{ vault_windows_password }}"  # the secret only by reference
+    # The secret only by reference, and stepping aside when the vault is absent (an AWX credential supplies it).
+    assert hv["ansible_password"] == "{{ vault_windows_password | default(omit) }}"
     assert "WARNING" not in inv.stderr
+
+
+@pytest.mark.parametrize("extra, user", [([], "awx-credential-user"),
+                                         (["-e", "vault_windows_user=vault-user"], "vault-user")])
+def test_prod_credentials_come_from_the_vault_or_else_from_the_job_credential(tmp_path, extra, user):
+    """An AWX machine credential arrives as -u (and the password prompt); the inventory must not override it
+    unless the vault is there. Seen in what the PSRP connection plugin says it connects as (to a closed port)."""
+    shutil.copytree(ROOT / "inventory/prod/group_vars", tmp_path / "group_vars")
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    app_servers:\n      children:\n        windows:\n"
+                                        "          hosts:\n            web01:\n              ansible_host: 127.0.0.9\n")
+    res = subprocess.run([str(VENV_BIN / "ansible"), "web01", "-i", str(tmp_path / "hosts.yml"), "-m",
+                          "ansible.windows.win_ping", "-u", "awx-credential-user", "-vvv", *extra],
+                         capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False)
+    assert f"ESTABLISH PSRP CONNECTION FOR USER: {user} " in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
 
 
 def test_deploy_syntax_and_task_list_against_prod_inventory():
@@ -94,3 +111,20 @@ def test_ansible_cfg_has_only_keys_ansible_knows():
     res = subprocess.run([str(VENV_BIN / "ansible-config"), "validate", "-t", "all"], capture_output=True, text=True,
                          env={**venv_env(), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}, cwd=ROOT, check=False)
     assert res.returncode == 0 and "unknown" not in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("extra, refused", [([], "deploy_serial"), (["-e", "deploy_serial=1"], "flask_app_backend_count")])
+def test_rollout_settings_the_play_cannot_see_are_refused(tmp_path, extra, refused):
+    """serial / max_fail_percentage are play keywords: Ansible templates them without host variables, so a
+    deploy_serial in the inventory would be ignored. The deploy refuses it before anything changes (hosts on
+    the local connection; an invalid backend count stops the second case at validation, also before any
+    change)."""
+    (tmp_path / "group_vars/app_servers").mkdir(parents=True)
+    (tmp_path / "group_vars/app_servers/main.yml").write_text("deploy_serial: 1\nflask_app_backend_count: 0\n")
+    (tmp_path / "hosts.yml").write_text("all:\n  children:\n    app_servers:\n      hosts:\n"
+                                        "        a: {ansible_connection: local}\n        b: {ansible_connection: local}\n")
+    res = subprocess.run([str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(tmp_path / "hosts.yml"), *extra],
+                         capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=300, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and refused in out.split("TASK [Refuse rollout settings")[-1], out[-3000:]
+    assert re.search(r"^a\s+: ok=\d+\s+changed=0 ", out, re.M), out[-3000:]

@@ -312,14 +312,20 @@ def test_100_reloads_under_load():
 
 
 def test_broken_nginx_template_never_goes_live():
-    roles = BUILD / "roles"
-    shutil.copytree(ROOT / "roles", roles)
-    tpl = roles / "nginx/templates/nginx.conf.j2"
+    # A copy of the collection with the broken template, run as the collection's own deploy playbook.
+    copy = BUILD / "collections/ansible_collections/flaskfleet/webapp"
+    shutil.rmtree(copy, ignore_errors=True)
+    copy.mkdir(parents=True)
+    for part in ("meta", "plugins", "roles", "playbooks"):
+        shutil.copytree(ROOT / part, copy / part, symlinks=True)
+    shutil.copy(ROOT / "galaxy.yml", copy)
+    tpl = copy / "roles/nginx/templates/nginx.conf.j2"
     tpl.write_text(tpl.read_text().replace("    server_tokens off;", "    server_tokens off;\n    no_such_directive on;"))
     before = nginx_state()
     load = wrk(40, script="tests/rollout/mixed.lua")
     time.sleep(2)
-    rc, out = playbook("deploy.yml", env={"ANSIBLE_ROLES_PATH": str(roles)}, flask_app_source_dir=str(ROOT / "sample_app"),
+    rc, out = playbook("flaskfleet.webapp.deploy", env={"ANSIBLE_COLLECTIONS_PATH": str(BUILD / "collections")},
+                       flask_app_source_dir=str(ROOT / "sample_app"),
                        flask_app_wheelhouse_dir=str(ROOT / "build/wheelhouse"))
     stats = wrk_result(load)
     after = nginx_state()

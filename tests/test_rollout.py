@@ -7,6 +7,7 @@ browsers, API clients and real load balancers do. Results go to build/rollout-re
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,8 +169,25 @@ def record(name, seconds, stats, rc):
         print(f"{name}: {stats['failed']} failed / {stats['requests']} requests, rollout {seconds:.1f} s")
 
 
-def assert_no_failures(name, stats):
-    assert stats["failed"] == 0, f"{name}: {stats['failed']} failed requests\n{stats['raw']}"
+def nginx_evidence(hosts):
+    """The hosts' nginx access-log lines for requests that failed or took over a second, and their error logs'
+    last lines: what a failed assertion shows about where the requests went."""
+    out = []
+    for host in hosts:
+        logs = rootfs(host) / "var/log/nginx"
+        for line in (logs / "access.log").read_text(errors="replace").splitlines() if (logs / "access.log").exists() else []:
+            status = line.split('" ', 1)[1].split(" ", 1)[0] if '" ' in line else ""
+            rt = re.search(r" rt=([0-9.]+)", line)
+            if not status.startswith(("2", "3")) or (rt and float(rt.group(1)) > 1.0):
+                out.append(f"{host} access: {line}")
+        errors = (logs / "error.log").read_text(errors="replace").splitlines() if (logs / "error.log").exists() else []
+        out += [f"{host} error: {line}" for line in errors[-20:]]
+    return "\n".join(out[-60:])
+
+
+def assert_no_failures(name, stats, hosts=None):
+    assert stats["failed"] == 0, (f"{name}: {stats['failed']} failed requests\n{stats['raw']}\n"
+                                  f"{nginx_evidence(hosts or HOSTS)}")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -325,6 +343,9 @@ def test_keepalive_clients_straight_at_a_host():
     base = {"nginx_client_max_body_size": "5m", "flask_app_backend_count": 3, "deploy_serial": "100%",
             "flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "flask_app_threads": 6}
     direct = {"load": True, "limit_host": host, "target": target, "conns": 50, "pace_ms": 20}
+    # The starting point, whatever ran before (3 backends; adding one reloads nginx, which is not the test).
+    rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host, **base)
+    assert rc == 0, out[-3000:]
 
     def step(name, playbook_name="deploy.yml", **changes):
         before = {p: backend(host, p) for p in (8001, 8002, 8003)}

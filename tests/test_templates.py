@@ -31,7 +31,6 @@ def render(out: Path, platform: str, **extra) -> Path:
     service = yaml.safe_load((ROOT / "roles/flask_app/tasks/backend_service.yml").read_text())[0]["vars"]
     extra_file.write_text(yaml.safe_dump({**service, "nginx_windows_root": str(out / "nginx"), **extra}))
     env = venv_env()
-    env["ANSIBLE_FILTER_PLUGINS"] = str(ROOT / "roles/nssm_service/filter_plugins")
     run = subprocess.run(
         [str(VENV_BIN / "ansible-playbook"), str(ROOT / "tests/render/render.yml"), "-e", f"out_dir={out}",
          "-e", f"platform={platform}", "-e", "__nginx_config_rev=rev-under-test", "-e", f"@{extra_file}"],
@@ -224,7 +223,7 @@ def test_linux_unit_runs_the_same_backend(tmp_path):
 
 @pytest.fixture(scope="module")
 def quoting():
-    return load_file_module("roles/nssm_service/filter_plugins/quoting.py")
+    return load_file_module("plugins/filter/quoting.py")
 
 
 @pytest.mark.parametrize("args", [

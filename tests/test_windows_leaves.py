@@ -14,7 +14,7 @@ from test_templates import cmdline_to_argv, render
 
 @pytest.fixture(scope="module")
 def accounts():
-    return load_file_module("roles/nssm_service/filter_plugins/accounts.py")
+    return load_file_module("plugins/filter/win_service_sid.py")
 
 
 def test_service_sid_matches_windows(accounts):
