@@ -7,11 +7,12 @@ HOSTS ?= 2
 FLEET ?= local
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint pytest molecule test bench hosts-up hosts-down hosts-status demo status clean lock
+.PHONY: help setup lint pytest molecule test test-slow bench hosts-up hosts-down hosts-status demo status clean lock
 
 help:
 	@echo "make demo        boot local test hosts and deploy the app to them"
 	@echo "make test        setup + lint + pytest + molecule (what CI runs)"
+	@echo "make test-slow   the long load scenarios (straight-at-host rollouts) outside make test"
 	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
 	@echo "make status      health of every backend and site (inventory/local)"
@@ -28,7 +29,11 @@ lint: setup
 	python tools/inventory_policy.py inventory
 
 pytest: setup
-	python -m pytest $(PYTEST_ARGS)
+	python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# Long load scenarios (a short form of each is in `make test`).
+test-slow: setup
+	python -m pytest -m slow $(PYTEST_ARGS)
 
 molecule: setup
 	molecule test -s default

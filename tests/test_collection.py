@@ -134,8 +134,9 @@ def fleet():
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(tmp_path_factory):
-    return tmp_path_factory.mktemp("wheelhouse")
+def wheelhouse():
+    """The wheelhouse the other host tests use (built once per app version and lock, then reused)."""
+    return ROOT / "build/wheelhouse"
 
 
 def healthy_backends(host):
@@ -191,11 +192,12 @@ def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(fle
     host = HOSTS[1]
     pdd = tmp_path / "pdd"
     project_copy(pdd / "project")
-    # Load balancer hooks shipped in the project, set from the inventory (as an AWX inventory source would):
-    # they record each call on the controller.
+    # Load balancer hooks shipped in the project next to the playbooks, set from the inventory (as an AWX
+    # inventory source would; docs/awx.md): they record each call on the controller.
     events = tmp_path / "lb-events.log"
+    (pdd / "project/playbooks/lb").mkdir()
     for step in ("drain", "undrain"):
-        (pdd / f"project/lb_{step}.yml").write_text(yaml.safe_dump([{
+        (pdd / f"project/playbooks/lb/{step}.yml").write_text(yaml.safe_dump([{
             "name": f"Record the {step} call",
             "ansible.builtin.shell": f'echo "{step} {{{{ inventory_hostname }}}}" >> {events}',
             "delegate_to": "localhost", "changed_when": False}]))
@@ -205,8 +207,8 @@ def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(fle
     # The machine credential supplies the key (env/ssh_key, loaded into ssh-agent), not the inventory.
     del group["vars"]["ansible_ssh_private_key_file"]
     group["vars"].update({"nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache": False,
-                          "deploy_lb_drain_tasks": "{{ playbook_dir }}/lb_drain.yml",
-                          "deploy_lb_undrain_tasks": "{{ playbook_dir }}/lb_undrain.yml"})
+                          "deploy_lb_drain_tasks": "{{ playbook_dir }}/lb/drain.yml",
+                          "deploy_lb_undrain_tasks": "{{ playbook_dir }}/lb/undrain.yml"})
     (pdd / "inventory").mkdir()
     (pdd / "inventory/hosts.yml").write_text(yaml.safe_dump(inventory))
     (pdd / "env").mkdir()
