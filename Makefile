@@ -15,7 +15,7 @@ help:
 	@echo "make test-slow   the long load scenarios (straight-at-host rollouts) outside make test"
 	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
-	@echo "make status      health of every backend and site (inventory/local)"
+	@echo "make status      health summary of every host (inventory/local), non-zero if anything is down"
 	@echo "make lint        yamllint + ansible-lint (production profile + win-args/win-ps/win-tasks)"
 	@echo "make hosts-up    boot HOSTS=$(HOSTS) local systemd test hosts (inventory/local)"
 	@echo "make hosts-down  stop them and remove everything they used"
@@ -62,8 +62,9 @@ demo: hosts-up
 	@echo
 	@python3 tools/testhosts.py urls --fleet $(FLEET)
 
+# Fleet summary of the local hosts; non-zero when a backend or site is down. STATUS_JSON=file: also as JSON.
 status: setup
-	ansible-playbook playbooks/status.yml -i inventory/local
+	ansible-playbook playbooks/status.yml -i inventory/local $(if $(STATUS_JSON),-e status_json=$(abspath $(STATUS_JSON)))
 
 lock: setup
 	pip freeze --exclude-editable | { echo "# Full lock of requirements.in (pip freeze). Regenerate: make lock"; cat; } > requirements.txt
