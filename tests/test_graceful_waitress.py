@@ -140,6 +140,36 @@ def test_a_connection_whose_request_comes_late_is_served_not_closed(port):
     proc.wait(timeout=15)
 
 
+# The launcher with the stop signal delivered at the worst moment: inside the I/O loop, right after a request's
+# bytes were read off the socket and before waitress parsed them.
+SIGNAL_IN_READ = """
+import os, signal, sys
+from waitress.channel import HTTPChannel
+received = HTTPChannel.received
+def received_with_stop(self, data):
+    if data and not getattr(received_with_stop, "fired", False):
+        received_with_stop.fired = True
+        os.kill(os.getpid(), signal.SIGTERM)
+    return received(self, data)
+HTTPChannel.received = received_with_stop
+sys.path.insert(0, sys.argv[1])
+import graceful_waitress
+sys.exit(graceful_waitress.main(sys.argv[1:]))
+"""
+
+
+def test_a_stop_signal_between_reading_a_request_and_parsing_it_loses_nothing(port):
+    """The signal handler only sets a flag: an exception raised from it would surface wherever the loop is -
+    here between recv() and parsing - and the request already taken off the socket would never be answered
+    (a proxy cannot retry a POST it sent: seen as a 502 after the graceful timeout in a rollout)."""
+    proc = start(["-c", SIGNAL_IN_READ, str(LAUNCHER.parent), "--graceful-timeout=10"], port)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("POST", "/echo", body=b"x" * 512)
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Connection"), resp.read()) == (200, "close", b'{"received":512}\n')
+    assert proc.wait(timeout=10) == 0, proc.communicate()[0]
+
+
 def test_graceful_timeout_bounds_the_stop(port):
     proc = start([str(LAUNCHER), "--graceful-timeout=1"], port)
     result = {}

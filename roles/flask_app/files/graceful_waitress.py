@@ -38,14 +38,6 @@ log = logging.getLogger("graceful_waitress")
 IDLE_GRACE = 1.0
 
 
-class Stop(KeyboardInterrupt):
-    """The service manager asked the backend to stop (a KeyboardInterrupt: waitress's loop re-raises it)."""
-
-
-def _raise_stop(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise Stop(signum)
-
-
 def listeners(server, socket_map):
     return [d for d in list(socket_map.values()) if isinstance(d, BaseWSGIServer)] or [server]
 
@@ -113,7 +105,7 @@ def drain(server, socket_map, timeout: float) -> int:
                 if (getattr(ch, "graceful_served", False) and not ch.requests and ch.request is None
                         and not ch.total_outbufs_len):
                     ch.will_close = True
-        wasyncore.loop(timeout=0.05, map=socket_map, count=1)
+        wasyncore.loop(timeout=0.05, map=socket_map, use_poll=server.adj.asyncore_use_poll, count=1)
 
 
 def serve(app, graceful_timeout: float, **kw) -> None:
@@ -122,15 +114,22 @@ def serve(app, graceful_timeout: float, **kw) -> None:
     for srv in listeners(server, socket_map):
         srv.add_task = _marking(srv.add_task)
     server.print_listen("Serving on http://{}:{}")
-    signal.signal(signal.SIGINT, _raise_stop)
-    signal.signal(signal.SIGTERM, _raise_stop)
-    if hasattr(signal, "SIGBREAK"):  # Windows: Ctrl-Break
-        signal.signal(signal.SIGBREAK, _raise_stop)
+    stop: list[int] = []
+
+    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        # A flag and a wake-up only. An exception raised here would surface wherever the loop happens to be -
+        # between a recv() and the parsing of what it read, say - and a request already taken off its socket
+        # would never be answered (a proxy cannot retry a POST it sent).
+        stop.append(signum)
+        listeners(server, socket_map)[0].pull_trigger()
+
+    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):  # SIGBREAK: Windows Ctrl-Break
+        if sig is not None:
+            signal.signal(sig, request_stop)
     try:
-        wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=socket_map)
-    except Stop:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        while not stop:
+            wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=socket_map,
+                           use_poll=server.adj.asyncore_use_poll, count=1)
         started = time.monotonic()
         left = drain(server, socket_map, graceful_timeout)
         log.warning("stopped accepting; drained in %.1f s%s", time.monotonic() - started,
