@@ -189,6 +189,15 @@ BAD_INPUTS = [
     ("TLS on without a certificate", {"nginx_tls_enabled": True}, ["nginx_tls_enabled", "nginx_tls_certificate"]),
     ("server_name injecting directives", {"nginx_server_name": "x; include /etc/passwd"}, ["nginx_server_name"]),
     ("port as a mistyped string", {"nginx_listen_port": "eighty"}, ["nginx_listen_port"]),
+    # Second pass (classes: paths, URLs, numeric bounds, types before rules; more in tests/test_bad_input.py).
+    ("health path without its slash", {"flask_app_health_path": "healthz"}, ["flask_app_health_path", "/"]),
+    ("relative install root", {"flask_app_root": "opt/sampleapp"}, ["flask_app_root", "absolute path"]),
+    ("relative log directory", {"flask_app_log_dir": "log"}, ["flask_app_log_dir", "absolute path"]),
+    ("negative worker_connections", {"nginx_worker_connections": "-5"}, ["nginx_worker_connections", ">= 16"]),
+    ("negative upstream max_fails", {"nginx_upstream_max_fails": -1}, ["nginx_upstream_max_fails", ">= 0"]),
+    ("environment as text", {"flask_app_environment": "FOO=bar"}, ["flask_app_environment", "mapping"]),
+    ("backend ports as text", {"flask_app_backend_ports": "8001,8002"}, ["flask_app_backend_ports", "a list"]),
+    ("URL without a scheme", {"flask_app_python_url": "mirror/python.nupkg"}, ["flask_app_python_url", "scheme"]),
 ]
 
 
@@ -206,6 +215,19 @@ def test_bad_inputs_are_refused_before_any_change():
     record("bad inputs", tried=len(BAD_INPUTS), refused=refused, host_unchanged=before == after)
     assert refused == len(BAD_INPUTS), "\n".join(report)
     assert after == before
+
+
+def test_a_failure_on_the_controller_says_the_host_was_not_changed():
+    """A version the source does not build to passes validation and fails in the wheelhouse build on the
+    controller: the message carries the build's own error and says the host still serves its release."""
+    before = host_snapshot()
+    rc, out = playbook("deploy.yml", flask_app_version="9.9.9")
+    stats = recap(out)
+    final = [line for line in out.splitlines() if line.startswith("fatal:")][-1]
+    assert rc != 0 and stats["changed"] == 0, out[-3000:]
+    assert "builds sampleapp 1.0.0" in final and "9.9.9" in final and "non-zero return code" not in final, final
+    assert "was not changed" in final and "still serves the release it served before" in final, final
+    assert host_snapshot() == before
 
 
 @pytest.mark.parametrize("missing", ["flask_app_python_checksum", "nginx_windows_checksum",
