@@ -7,7 +7,7 @@ The deploy puts sampleapp on the host; then:
 - with it, every backend service, nginx's service and configuration, the releases and the account are gone,
   every port closed, the logs, the nginx package and the Python runtime kept;
 - a second run reports changed=0;
-- with uninstall_logs and nginx_uninstall_package the logs and the package go too;
+- with uninstall_logs and nginx_uninstall_package the logs and the package go too (again: changed=0);
 - the deploy then installs everything again from scratch.
 Figures (seconds, changed counts) go to build/uninstall-results.json.
 """
@@ -201,6 +201,10 @@ def test_uninstall_removes_what_the_deploy_installed_then_nothing_and_a_deploy_s
     assert rc == 0 and recap(out)["changed"] > 0, out[-3000:]
     assert not exists("/var/log/sampleapp") and not exists("/var/log/nginx/access.log")
     assert not installed("nginx") and installed("python3-venv")
+    rc, out, seconds = playbook("playbooks/uninstall.yml", uninstall_confirm="sampleapp", uninstall_logs=True,
+                                nginx_uninstall_package=True)
+    record("uninstall logs and package again", seconds, out)
+    assert rc == 0 and recap(out)["changed"] == 0, out[-3000:]
 
     # From scratch (the package comes back from the host's apt cache).
     rc, out, seconds = playbook("deploy.yml")
