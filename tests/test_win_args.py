@@ -30,6 +30,8 @@ def kinds(module, args):
          {"name": "a", "failure_actions": [{"type": "restart", "dealy_ms": 1}]}, [("unknown", "dealy_ms")]),
         ("ansible.windows.win_acl", {"path": "C:\\x", "user": "u", "rights": "Modify", "type": "allow",
                                      "inherit": "ContainerInherit, ObjectInheritance"}, [("choices", "inherit")]),
+        # documented in a YAML sidecar (slurp.yml beside slurp.ps1), not a .py stub
+        ("ansible.windows.slurp", {"source": "C:\\x"}, [("required", "src"), ("unknown", "source")]),
     ],
 )
 def test_bad_tasks_flagged(module, args, expected):

@@ -15,6 +15,7 @@ Values containing Jinja are skipped: they are only known at run time. Sub-option
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,10 @@ def module_doc(name: str) -> tuple[str, dict] | None:
     short = ctx.resolved_fqcn.rsplit(".", 1)[-1]
     if not (path.endswith(".ps1") or short.startswith("win_")):
         return None
-    doc_path = path[: -len(".ps1")] + ".py" if path.endswith(".ps1") else path
+    doc_path = path
+    if path.endswith(".ps1"):  # the documentation sits beside it: a .py stub, or a YAML sidecar (slurp)
+        base = path[: -len(".ps1")]
+        doc_path = next((base + ext for ext in (".py", ".yml", ".yaml") if os.path.exists(base + ext)), base + ".py")
     collection = ".".join(ctx.resolved_fqcn.split(".")[:2])
     doc = get_docstring(doc_path, fragment_loader, collection_name=collection)[0] or {}
     return ctx.resolved_fqcn, doc.get("options") or {}
