@@ -40,11 +40,12 @@ BASE = {"nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache
 RESULTS = {}
 
 
-def playbook(name, **extra):
+def playbook(name, *args, **extra):
     extra_file = BUILD / f"extra-{secrets.token_hex(4)}.json"
     extra_file.write_text(json.dumps({**BASE, **extra}))
     t0 = time.monotonic()
-    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), name, "-i", str(INVENTORY), "-e", f"@{extra_file}"],
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), name, "-i", str(INVENTORY), "-e", f"@{extra_file}",
+                          *args],
                          capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=600, check=False)
     extra_file.unlink()
     out = run.stdout + run.stderr
@@ -159,6 +160,87 @@ def test_a_second_app_on_the_host_is_refused_before_any_change():
     assert_deployed()
 
 
+def test_check_diff_previews_a_new_release_and_a_new_backend_and_changes_nothing(tmp_path):
+    """`--check --diff` before a change (docs/operations.md): a new version and one more backend are reported,
+    nothing on the host changes (processes, units, releases, nginx)."""
+    src = tmp_path / "app"
+    subprocess.run(["cp", "-r", str(ROOT / "sample_app"), str(src)], check=True)
+    for junk in src.glob("**/*.egg-info"):
+        subprocess.run(["rm", "-rf", str(junk)], check=True)
+    project = src / "pyproject.toml"
+    project.write_text(project.read_text().replace('version = "1.0.0"', 'version = "1.1.0"'))
+
+    def state():
+        files = on("sh", "-c", "find /opt /etc/nginx /etc/systemd/system -printf '%p %s %T@ %m %u\\n' | sort").stdout
+        return {"backends": {p: on("systemctl", "show", "-P", "MainPID", f"sampleapp-{p}").stdout.strip()
+                             for p in PORTS}, "nginx": on("cat", "/run/nginx.pid").stdout.strip(),
+                "files": hashlib.sha256(files.encode()).hexdigest()}
+
+    before = state()
+    rc, out, seconds = playbook("deploy.yml", "--check", "--diff", flask_app_version="1.1.0",
+                                flask_app_source_dir=str(src), flask_app_backend_count=len(PORTS) + 1)
+    record("deploy --check --diff (1.1.0, one more backend)", seconds, out)
+    assert rc == 0 and recap(out)["changed"] > 0, out[-3000:]
+    assert "releases/1.1.0" in out and f"127.0.0.1:{PORTS[-1] + 1}" in out, out[-3000:]  # the diff shows both
+    assert state() == before
+    assert_deployed()
+
+
+LOCK = "/run/sampleapp-deploy.lock"
+
+
+def write_lock(holder, age_s=0):
+    on("sh", "-c", f'printf "%s\\n" "$1" > {LOCK} && touch -d "@$(( $(date +%s) - {age_s} ))" {LOCK}', "sh", holder)
+
+
+def test_another_runs_lock_stops_a_deploy_before_any_change_and_names_the_holder():
+    holder = "ops@elsewhere pid 4242 since 2026-11-26T08:00:00+00:00"
+    write_lock(holder)
+    before = snapshot()
+    rc, out, seconds = playbook("deploy.yml", flask_app_lock_wait=5, flask_app_threads=5)
+    record("deploy while another run holds the lock", seconds, out)
+    assert rc != 0 and f"deploy lock is held by {holder}" in out, out[-3000:]
+    assert recap(out)["changed"] == 0 and snapshot() == before
+    assert on("cat", LOCK).stdout.strip() == holder  # another run's lock is never removed
+    on("rm", "-f", LOCK)
+
+
+@pytest.mark.parametrize("why", ["stale", "gone"])
+def test_a_lock_left_by_a_dead_run_is_taken_over_with_a_warning(why):
+    """Older than flask_app_lock_stale_after (a run on another controller), or held by a process that no longer
+    runs on this controller (a run killed mid-way): taken over at once, the deploy goes on, the lock is released."""
+    if why == "stale":
+        write_lock("ops@elsewhere pid 4242 since 2026-11-26T05:00:00+00:00", age_s=3 * 3600)
+    else:
+        dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True).stdout.strip()
+        write_lock(f"root@{os.uname().nodename} pid {dead} since 2026-11-26T08:00:00+00:00")
+    rc, out, seconds = playbook("deploy.yml")
+    record(f"deploy taking over a {why} lock", seconds, out)
+    assert rc == 0 and "taking over the deploy lock" in out, out[-3000:]
+    assert "RETRYING" not in out  # no wait
+    assert not exists(LOCK)
+    assert recap(out)["changed"] == 0  # the lock is the run's bookkeeping, not a change
+
+
+def test_two_deploys_at_once_never_roll_one_host_together(tmp_path):
+    """The second run waits for the first's lock (its take task retries), then applies its own change."""
+    first = subprocess.Popen([str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(INVENTORY),
+                              "-e", json.dumps({**BASE, "flask_app_threads": 5})],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=venv_env(), cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not exists(LOCK) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert exists(LOCK), "the first run never took the lock"
+    rc, out, seconds = playbook("deploy.yml", flask_app_threads=6)
+    first_out = first.communicate(timeout=600)[0]
+    record("second of two deploys at once", seconds, out)
+    assert first.returncode == 0, first_out[-3000:]
+    assert rc == 0 and "RETRYING: [" in out and "Take, wait for or release the deploy lock" in out, out[-3000:]
+    assert "RETRYING" not in first_out
+    unit = on("cat", f"/etc/systemd/system/sampleapp-{PORTS[0]}.service").stdout
+    assert "--threads=6" in unit and not exists(LOCK)
+
+
 def test_uninstall_removes_what_the_deploy_installed_then_nothing_and_a_deploy_starts_over():
     before = snapshot()
     for step, extra in (("uninstall without confirmation", {}),
@@ -209,6 +291,6 @@ def test_uninstall_removes_what_the_deploy_installed_then_nothing_and_a_deploy_s
     # From scratch (the package comes back from the host's apt cache).
     rc, out, seconds = playbook("deploy.yml")
     record("deploy again", seconds, out)
-    assert rc == 0, out[-3000:]
+    assert rc == 0 and "taking over" not in out, out[-3000:]  # the uninstall released its lock
     assert installed("nginx")
     assert_deployed()
