@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -148,33 +149,6 @@ def healthy_backends(host):
     return ports
 
 
-@pytest.mark.hosts
-def test_installed_collection_converges_a_host_from_its_fqcn_playbook(fleet, tarball, wheelhouse, tmp_path):
-    collections = tmp_path / "collections"
-    install = run(VENV_BIN / "ansible-galaxy", "collection", "install", "--offline", "-p", collections, tarball,
-                  cwd=tmp_path, env=clean_env())
-    assert install.returncode == 0, install.stdout + install.stderr
-    installed = collections / "ansible_collections" / GALAXY["namespace"] / GALAXY["name"]
-    assert (installed / "roles/flask_app/tasks/main.yml").exists()
-    # A user's directory: no ansible.cfg, the installed collection only (its dependencies are the ones the
-    # pinned ansible package bundles), the test fleet's inventory and its offline apt settings.
-    inventory = tmp_path / "hosts.yml"
-    shutil.copy(ROOT / f"build/hosts/{FLEET}/hosts.yml", inventory)
-    shutil.copytree(ROOT / "inventory/local/group_vars", tmp_path / "group_vars")
-    env = clean_env(ANSIBLE_COLLECTIONS_PATH=str(collections))
-    cmd = [VENV_BIN / "ansible-playbook", f"{FQCN}.deploy", "-i", inventory, "-l", HOSTS[0],
-           "-e", f"flask_app_wheelhouse_dir={wheelhouse}"]
-    first = run(*cmd, cwd=tmp_path, env=env)
-    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
-    # The roles ran from the installed collection, not from this checkout.
-    assert str(ROOT / "roles") not in first.stdout and str(installed) in run(
-        VENV_BIN / "ansible-doc", "-t", "filter", f"{FQCN}.win_argv", cwd=tmp_path, env=env).stdout
-    assert recap(first.stdout, HOSTS[0])["changed"] > 0
-    assert healthy_backends(HOSTS[0]) == [8001, 8002]
-    again = run(*cmd, cwd=tmp_path, env=env)
-    assert again.returncode == 0 and recap(again.stdout, HOSTS[0])["changed"] == 0, again.stdout[-4000:]
-
-
 def project_copy(dest: Path):
     """The repository as AWX checks it out into a job's project directory (tracked files, links kept)."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
@@ -187,24 +161,39 @@ def project_copy(dest: Path):
         shutil.copy2(src, dst, follow_symlinks=False)
 
 
-@pytest.mark.hosts
-def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(fleet, wheelhouse, tmp_path):
-    host = HOSTS[1]
-    pdd = tmp_path / "pdd"
+def installed_collection_job(tarball, wheelhouse, work):
+    """coll1 from the collection built and installed offline into an empty collections path, in a user's
+    directory: no ansible.cfg, the installed collection only (its dependencies are the ones the pinned ansible
+    package bundles), the test fleet's inventory and its offline apt settings."""
+    collections = work / "collections"
+    install = run(VENV_BIN / "ansible-galaxy", "collection", "install", "--offline", "-p", collections, tarball,
+                  cwd=work, env=clean_env())
+    assert install.returncode == 0, install.stdout + install.stderr
+    installed = collections / "ansible_collections" / GALAXY["namespace"] / GALAXY["name"]
+    shutil.copy(ROOT / f"build/hosts/{FLEET}/hosts.yml", work / "hosts.yml")
+    shutil.copytree(ROOT / "inventory/local/group_vars", work / "group_vars")
+    env = clean_env(ANSIBLE_COLLECTIONS_PATH=str(collections))
+    cmd = [VENV_BIN / "ansible-playbook", f"{FQCN}.deploy", "-i", work / "hosts.yml", "-l", HOSTS[0],
+           "-e", f"flask_app_wheelhouse_dir={wheelhouse}"]
+    return {"installed": installed, "env": env, "cwd": work, "cmd": cmd}
+
+
+def awx_job(fleet, wheelhouse, work):
+    """coll2 the way an AWX job runs: ansible-runner on a private data dir - project/ (the checkout), inventory/
+    (the key not in it), env/ssh_key (the machine credential's key, loaded into ssh-agent), env/extravars -
+    with load balancer hooks shipped in the project next to the playbooks and set from the inventory (as an
+    AWX inventory source would; docs/awx.md): they record each call on the controller."""
+    host, pdd, events = HOSTS[1], work / "pdd", work / "lb-events.log"
     project_copy(pdd / "project")
-    # Load balancer hooks shipped in the project next to the playbooks, set from the inventory (as an AWX
-    # inventory source would; docs/awx.md): they record each call on the controller.
-    events = tmp_path / "lb-events.log"
     (pdd / "project/playbooks/lb").mkdir()
     for step in ("drain", "undrain"):
         (pdd / f"project/playbooks/lb/{step}.yml").write_text(yaml.safe_dump([{
             "name": f"Record the {step} call",
             "ansible.builtin.shell": f'echo "{step} {{{{ inventory_hostname }}}}" >> {events}',
             "delegate_to": "localhost", "changed_when": False}]))
-    inventory = dict(fleet)
+    inventory = json.loads(json.dumps(fleet))
     group = inventory["all"]["children"]["app_servers"]
     group["hosts"] = {host: group["hosts"][host]}
-    # The machine credential supplies the key (env/ssh_key, loaded into ssh-agent), not the inventory.
     del group["vars"]["ansible_ssh_private_key_file"]
     group["vars"].update({"nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache": False,
                           "deploy_lb_drain_tasks": "{{ playbook_dir }}/lb/drain.yml",
@@ -214,17 +203,52 @@ def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(fle
     (pdd / "env").mkdir()
     (pdd / "env/ssh_key").write_text((ROOT / "build/ssh/id_ed25519").read_text())
     (pdd / "env/extravars").write_text(yaml.safe_dump({"flask_app_wheelhouse_dir": str(wheelhouse)}))
+    return {"pdd": pdd, "events": events, "env": clean_env(), "cwd": ROOT,
+            "cmd": [VENV_BIN / "ansible-runner", "run", pdd, "-p", "deploy.yml"]}
 
-    def job():
-        res = run(VENV_BIN / "ansible-runner", "run", pdd, "-p", "deploy.yml", env=clean_env(), timeout=900)
+
+@pytest.fixture(scope="module")
+def jobs(fleet, tarball, wheelhouse, tmp_path_factory):
+    """Both ways of running the content, on their own hosts at the same time: a first run, the health of the
+    host after it, and a second run."""
+    jobs = {"collection": installed_collection_job(tarball, wheelhouse, tmp_path_factory.mktemp("user")),
+            "awx": awx_job(fleet, wheelhouse, tmp_path_factory.mktemp("awx"))}
+    hosts = {"collection": HOSTS[0], "awx": HOSTS[1]}
+
+    def first_then_again(name):
+        job = jobs[name]
+        job["first"] = run(*job["cmd"], cwd=job["cwd"], env=job["env"])
+        job["healthy"] = healthy_backends(hosts[name])
+        job["again"] = run(*job["cmd"], cwd=job["cwd"], env=job["env"])
+        return job
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(first_then_again, jobs))
+    return jobs
+
+
+@pytest.mark.hosts
+def test_installed_collection_converges_a_host_from_its_fqcn_playbook(jobs):
+    job = jobs["collection"]
+    first, again = job["first"], job["again"]
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
+    # The roles ran from the installed collection, not from this checkout.
+    assert str(ROOT / "roles") not in first.stdout and str(job["installed"]) in run(
+        VENV_BIN / "ansible-doc", "-t", "filter", f"{FQCN}.win_argv", cwd=job["cwd"], env=job["env"]).stdout
+    assert recap(first.stdout, HOSTS[0])["changed"] > 0
+    assert job["healthy"] == [8001, 8002]
+    assert again.returncode == 0 and recap(again.stdout, HOSTS[0])["changed"] == 0, again.stdout[-4000:]
+
+
+@pytest.mark.hosts
+def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(jobs):
+    job, host = jobs["awx"], HOSTS[1]
+    for res in (job["first"], job["again"]):
         assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
-        return recap(res.stdout, host)
-
-    assert job()["changed"] > 0
-    assert healthy_backends(host) == [8001, 8002]
-    assert events.read_text().split("\n")[:2] == [f"drain {host}", f"undrain {host}"]
-    assert job()["changed"] == 0
+    assert recap(job["first"].stdout, host)["changed"] > 0 and recap(job["again"].stdout, host)["changed"] == 0
+    assert job["healthy"] == [8001, 8002]
+    assert job["events"].read_text().split("\n")[:2] == [f"drain {host}", f"undrain {host}"]
     # Each job leaves its artifacts as AWX keeps them: the job's events, its status and return code.
-    runs = sorted((pdd / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)
+    runs = sorted((job["pdd"] / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)
     assert len(runs) == 2 and (runs[-1] / "rc").read_text().strip() == "0"
     assert (runs[-1] / "status").read_text().strip() == "successful"

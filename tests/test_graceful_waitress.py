@@ -190,11 +190,14 @@ def test_control_waitress_serve_accepts_then_resets_during_its_stop(port):
     POST that was sent). So the refusal asserted above is the launcher's doing."""
     proc = start(["-m", "waitress"], port)
     result = {}
-    t = threading.Thread(target=slow_request, args=(port, 2, result))
+    # waitress-serve stops its loop at once, then waits for this request's thread: the window under test lasts
+    # until the request ends (4 s), and the late request comes 1.5 s into it (a loaded machine handles the
+    # signal late; the request must not reach a loop that is still running).
+    t = threading.Thread(target=slow_request, args=(port, 4, result))
     t.start()
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    time.sleep(1.5)
     assert not refused(port)
     late = {}
     slow_request(port, 0, late)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -204,8 +205,10 @@ BAD_INPUTS = [
 def test_bad_inputs_are_refused_before_any_change():
     before = host_snapshot()
     refused, report = 0, []
-    for case, extra, names in BAD_INPUTS:
-        rc, out = playbook("deploy.yml", **extra)
+    # Four at a time: each stops at validation, before the deploy lock and any change.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        runs = list(pool.map(lambda case: playbook("deploy.yml", **case[1]), BAD_INPUTS))
+    for (case, extra, names), (rc, out) in zip(BAD_INPUTS, runs):
         stats = recap(out)
         fatal = "\n".join(line for line in out.splitlines() if line.startswith("fatal:"))
         ok = rc != 0 and stats["changed"] == 0 and stats["failed"] == 1 and all(n in fatal for n in names)
