@@ -23,9 +23,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def default_sigint():
+    """A job started in the background (CI runners, `cmd &`) inherits SIGINT ignored, and Python then keeps
+    ignoring it: waitress-serve (the control) would not stop at all. The processes under test get the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(cmd, port):
     proc = subprocess.Popen([sys.executable, *cmd, f"--listen=127.0.0.1:{port}", "--threads=4", "--call",
-                             "sampleapp:create_app"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "sampleapp:create_app"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=default_sigint)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -105,7 +112,7 @@ def test_connections_queued_in_the_kernel_are_served_not_reset(port):
     cmd = [str(LAUNCHER), "--graceful-timeout=10"]
     proc = subprocess.Popen([sys.executable, *cmd, f"--listen=127.0.0.1:{port}", "--threads=2",
                              "--connection-limit=3", "--call", "sampleapp:create_app"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
     time.sleep(1.5)
     holder = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     holder.request("GET", "/test")
@@ -166,7 +173,8 @@ def test_a_stop_signal_between_reading_a_request_and_parsing_it_loses_nothing(po
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("POST", "/echo", body=b"x" * 512)
     resp = conn.getresponse()
-    assert (resp.status, resp.getheader("Connection"), resp.read()) == (200, "close", b'{"received":512}\n')
+    # Answered (with Connection: close if the stop reached it before a worker thread did).
+    assert (resp.status, resp.read()) == (200, b'{"received":512}\n')
     assert proc.wait(timeout=10) == 0, proc.communicate()[0]
 
 
