@@ -38,11 +38,7 @@ test-slow: setup
 molecule: setup
 	molecule test -s default
 
-# What CI runs. Molecule's hosts are a fleet of their own: it runs beside the rollout tests, the longest part.
-test: setup lint
-	python -m pytest -m "not slow" --ignore=tests/test_rollout.py $(PYTEST_ARGS)
-	scripts/beside.sh build/molecule.log "$(MAKE) --no-print-directory molecule" \
-	    python -m pytest -m "not slow" tests/test_rollout.py $(PYTEST_ARGS)
+test: setup lint pytest molecule
 
 # The load comparison (peers vs the converged stack) and deploy-time scaling (1/3/6 hosts), ~15 min;
 # writes bench/results/latest.{json,png} and converge.json.
