@@ -79,6 +79,9 @@ SECURE = {"ansible_connection": "psrp", "ansible_psrp_protocol": "https", "ansib
     ("AllowUnencrypted", {"winrm_setup": "winrm set winrm/config/service @{AllowUnencrypted=\"true\"}"},
      "unencrypted"),
     ("old CredSSP", {"ansible_psrp_auth": "credssp"}, "credssp-version"),
+    ("read timeout not above the operation timeout", {"ansible_psrp_operation_timeout": 30}, "psrp-timeouts"),
+    ("operation timeout above the connection timeout",
+     {"ansible_psrp_operation_timeout": 40, "ansible_psrp_read_timeout": 50}, "psrp-timeouts"),
 ])
 def test_inventory_policy_refuses_insecure_transport(tmp_path, name, extra, rule):
     inv = tmp_path / "prod"

@@ -6,6 +6,9 @@ unprotected. Checks every YAML file of each inventory directory (hosts, group_va
   basic-over-http   Basic auth with the http scheme/protocol or port 5985
   unencrypted       message encryption "never", or AllowUnencrypted anywhere
   credssp-version   CredSSP without *_credssp_minimum_version: 5 (older CredSSP is CVE-2018-0886)
+  psrp-timeouts     ansible_psrp_read_timeout not above ansible_psrp_operation_timeout (every output poll
+                    that waits the whole operation would end as a lost connection), or the operation timeout
+                    above ansible_psrp_connection_timeout (unset: the plugin's defaults 30, 20, 30)
 
 An inventory whose group_vars/all sets `inventory_lab: true` is a lab: reported, not failed.
 Usage: inventory_policy.py DIR...  (an inventory, or a directory of inventories)   (exit 1 on a violation)
@@ -70,6 +73,13 @@ def violations(inventory: Path) -> list[str]:
     for f, k, v in values("ansible_winrm_transport", "ansible_psrp_auth"):
         if "credssp" in v and "5" not in minimum:
             out.append(f"{f}: {k}: credssp without *_credssp_minimum_version: 5 [credssp-version]")
+    timeout = {k: int(v) for _, k, v in values("ansible_psrp_read_timeout", "ansible_psrp_operation_timeout",
+                                                 "ansible_psrp_connection_timeout") if v.isdigit()}
+    read, operation, connect = (timeout.get(f"ansible_psrp_{k}_timeout", d)
+                                for k, d in (("read", 30), ("operation", 20), ("connection", 30)))
+    if items and any(k.startswith("ansible_psrp_") for _, k, _ in items) and not connect >= operation < read:
+        out.append(f"ansible_psrp_read_timeout {read} must be above ansible_psrp_operation_timeout {operation}, "
+                   f"which must not be above ansible_psrp_connection_timeout {connect} [psrp-timeouts]")
     return out
 
 
