@@ -117,6 +117,18 @@ BAD = [
     ("timeout in words", "nginx_send_timeout", "30 seconds", ["nginx_send_timeout", "nginx times"]),
     ("relative nginx prefix", "nginx_windows_root", "nginx", ["nginx_windows_root", "Windows path"]),
     ("drained ports as text", "nginx_upstream_down_ports", "8001", ["nginx_upstream_down_ports", "a list"]),
+    ("settings file named with a path", "flask_app_settings_files", [{"name": "../x.pem", "content": "k"}],
+     ["flask_app_settings_files", "../x.pem", "a file name"]),
+    ("settings file with content and src", "flask_app_settings_files",
+     [{"name": "app.ini", "content": "k", "src": "/etc/hostname"}], ["flask_app_settings_files", "app.ini"]),
+    ("static directory climbing out", "flask_app_static", [{"url": "/static/", "dir": "../etc"}],
+     ["flask_app_static", "relative"]),
+    ("pre-switch command as text", "flask_app_pre_switch_command", "django-admin migrate",
+     ["flask_app_pre_switch_command", "a list"]),
+    ("pre-switch program outside the venv", "flask_app_pre_switch_command", ["/usr/bin/python3", "-V"],
+     ["flask_app_pre_switch_command", "virtualenv"]),
+    ("static files' header breaking out of its quotes", "nginx_static_cache_control", 'public"; add_header X "1',
+     ["nginx_static_cache_control", "without quotes"]),
 ]
 GOOD = "control"  # no bad setting: passes validation and stops at the guard
 
