@@ -3,13 +3,15 @@ the validation that runs there with Windows facts. What only a Windows host can 
 docs/windows-audit.md."""
 
 import json
+import os
+import re
 import subprocess
 
 import pytest
 import yaml
 
 from conftest import ROOT, VENV_BIN, load_file_module, venv_env
-from test_templates import cmdline_to_argv, render
+from test_templates import cmdline_to_argv, nginx_t, render
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +91,24 @@ def test_the_copy_nginx_tests_on_windows_listens_away_from_the_live_ports(tmp_pa
     if os.geteuid() == 0:
         res = nginx_t(test_out / "nginx.conf", "windows")
         assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize(("platform", "alias"), [
+    ("linux", "/opt/sampleapp/current/static/"),
+    ("windows", "C:/Program Files/sampleapp/current/static/"),
+])
+def test_static_files_location_through_current_passes_nginx_t(tmp_path, platform, alias):
+    """flask_app_static as the deploy wires it (flask_app_upstream.static -> nginx_static_locations): a location
+    aliasing the directory through `current` - on Windows under Program Files, a path with a space, quoted - with
+    no listing and the Cache-Control header; a real nginx -t accepts it."""
+    if os.geteuid() != 0:
+        pytest.skip("nginx -t with the real log and pid paths needs root")
+    out = render(tmp_path, platform, flask_app_static=[{"url": "/static/", "dir": "static"}],
+                 nginx_static_locations="{{ __flask_app_static_locations }}")
+    conf = (out / "nginx.conf").read_text()
+    location = re.search(r"location \^~ /static/ \{(.*?)\}", conf, re.S)
+    assert location, conf
+    assert [line.strip() for line in location.group(1).strip().splitlines()] == [
+        f'alias "{alias}";', "autoindex off;", 'add_header Cache-Control "public, max-age=3600" always;']
+    res = nginx_t(out / "nginx.conf", platform)
+    assert res.returncode == 0, res.stderr
