@@ -13,9 +13,9 @@ row, a CSS file collected by collectstatic, ALLOWED_HOSTS with 127.0.0.1 and loc
 - a re-run changes nothing (the pre-switch command is not run again);
 - a failing pre-switch command switches nothing, the live release keeps serving, and the message carries the
   command's own error;
-- (slow) a new settings file restarts the backends one at a time and leaves nginx alone, and a new release
-  switches the static files without an nginx reload.
-make test runs three deploys here (the first, a re-run, a failing one); make test-slow adds two.
+- (slow) a new settings file restarts the backends one at a time and leaves nginx alone, a new release
+  switches the static files without an nginx reload, and the uninstall removes the settings files.
+make test runs three deploys here (the first, a re-run, a failing one); make test-slow adds two and an uninstall.
 Figures (seconds, changed counts) go to build/django-results.json.
 """
 
@@ -91,11 +91,11 @@ def settings(version, key=None, **extra):
     }
 
 
-def deploy(step, version, **extra):
+def deploy(step, version, playbook="deploy.yml", **extra):
     extra_file = BUILD / f"extra-{secrets.token_hex(4)}.json"
     extra_file.write_text(json.dumps(settings(version, **extra)))
     t0 = time.monotonic()
-    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(INVENTORY),
+    run = subprocess.run([str(VENV_BIN / "ansible-playbook"), playbook, "-i", str(INVENTORY),
                           "-e", f"@{extra_file}"],
                          capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=900, check=False)
     extra_file.unlink()
@@ -274,3 +274,14 @@ def test_new_release_switches_static_files_without_an_nginx_reload():
     # migrate ran again for the new release (nothing to do: the row is still the one).
     assert re.search(PRE_SWITCH + r"changed: \[django1\]", out), out[-3000:]
     assert app("/notes") == {"notes": ["written by migration 0001"]}
+
+
+@pytest.mark.slow
+def test_uninstall_removes_the_settings_files():
+    ensure_deployed()
+    assert on("test", "-f", "/etc/djangoapp/signing.pem", check=False).returncode == 0
+    rc, out, figures = deploy("uninstall", live_release(), playbook="playbooks/uninstall.yml",
+                              uninstall_confirm="djangoapp")
+    assert rc == 0, out[-3000:]
+    assert on("test", "-e", "/etc/djangoapp", check=False).returncode != 0
+    assert on("test", "-e", "/opt/djangoapp", check=False).returncode != 0
