@@ -178,8 +178,9 @@ def test_windows_service_definition(tmp_path):
     # nuget strategy: one runtime directory per exact version.
     assert s["base_python"] == r"C:\Program Files\Python-3.12.10\tools\python.exe"
     assert reg["Application"]["data"] == s["executable"]
-    assert cmdline_to_argv(reg["AppParameters"]["data"]) == [release + r"\graceful_waitress.py",
-                                                               "--graceful-timeout=35", *WAITRESS_ARGS]
+    assert cmdline_to_argv(reg["AppParameters"]["data"]) == [
+        release + r"\graceful_waitress.py", "--graceful-timeout=35",
+        r"--release-file=C:\ProgramData\sampleapp\logs\sampleapp-8001.release", *WAITRESS_ARGS]
     assert reg["AppDirectory"]["data"] == release
     # The environment goes to AppEnvironmentExtra through the script's SecureString parameter, not the plain list.
     assert "AppEnvironmentExtra" not in reg
@@ -209,7 +210,9 @@ def test_linux_unit_runs_the_same_backend(tmp_path):
     assert unit.startswith("#\n# Ansible managed")
     release = "/opt/sampleapp/releases/1.0.0"
     assert shlex.split(fields["ExecStart"][0]) == [f"{release}/venv/bin/python", f"{release}/graceful_waitress.py",
-                                                   "--graceful-timeout=35", *WAITRESS_ARGS]
+                                                   "--graceful-timeout=35",
+                                                   "--release-file=/var/log/sampleapp/sampleapp-8001.release",
+                                                   *WAITRESS_ARGS]
     assert fields["WorkingDirectory"] == [release]
     assert "Environment" not in fields  # secrets stay out of the world-readable unit
     assert fields["EnvironmentFile"] == ["/etc/systemd/system/sampleapp-8001.env"]

@@ -1,7 +1,11 @@
 """Run a WSGI app under waitress, and stop it without losing a request.
 
 Each backend service runs this file from its release:
-    python graceful_waitress.py [--graceful-timeout=SECONDS] <waitress-serve arguments> module:app
+    python graceful_waitress.py [--graceful-timeout=SECONDS] [--release-file=PATH] <waitress-serve arguments> module:app
+
+--release-file: once listening, write "<version> <wheelhouse digest> <pid>" there - the release marker
+(.installed) beside this file, i.e. the installed release this process runs, not what the app says about
+itself. The deploy reads it to know which release each backend serves.
 
 waitress-serve's own stop (SIGINT / Ctrl-C) leaves the I/O loop at once: responses still being written are
 lost and the listening socket stays open until the process exits, so connections queued meanwhile are reset
@@ -24,6 +28,7 @@ the refused connects and stopped choosing this backend.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -108,9 +113,31 @@ def drain(server, socket_map, timeout: float) -> int:
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=server.adj.asyncore_use_poll, count=1)
 
 
-def serve(app, graceful_timeout: float, **kw) -> None:
+def write_release_file(path: str) -> None:
+    """Which release this process runs (its directory's marker) and its pid, replaced atomically."""
+    marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".installed")
+    with open(marker, encoding="utf-8") as f:
+        release = " ".join(f.read().split()[:2])
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"{release} {os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def refuse_asgi(app) -> None:
+    """An ASGI app (an async callable: FastAPI, Starlette, Django's ASGIHandler) cannot run under a WSGI server:
+    say so instead of failing on the first request."""
+    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None)):
+        raise SystemExit(f"error: {app!r} is an ASGI application (async); the backends serve WSGI only "
+                         "(docs/your-app.md, ASGI): point flask_app_wsgi at a WSGI entry point")
+
+
+def serve(app, graceful_timeout: float, release_file: str | None = None, **kw) -> None:
+    refuse_asgi(app)
     socket_map: dict = {}
     server = create_server(app, map=socket_map, **kw)
+    if release_file:
+        write_release_file(release_file)
     for srv in listeners(server, socket_map):
         srv.add_task = _marking(srv.add_task)
     server.print_listen("Serving on http://{}:{}")
@@ -141,14 +168,17 @@ def serve(app, graceful_timeout: float, **kw) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     graceful_timeout = 30.0
+    release_file = None
     rest = [argv[0]]
     for arg in argv[1:]:
         if arg.startswith("--graceful-timeout="):
             graceful_timeout = float(arg.split("=", 1)[1])
+        elif arg.startswith("--release-file="):
+            release_file = arg.split("=", 1)[1]
         else:
             rest.append(arg)
     logging.basicConfig(level=logging.INFO)
-    return runner.run(rest, _serve=lambda app, **kw: serve(app, graceful_timeout, **kw))
+    return runner.run(rest, _serve=lambda app, **kw: serve(app, graceful_timeout, release_file, **kw))
 
 
 if __name__ == "__main__":
