@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -76,3 +77,44 @@ def test_markers_are_evaluated_for_the_target_not_the_controller(tmp_path):
     lin = [r.name for r in bw.missing_requirements(tmp_path, bw.target_env("linux", "3.11"))]
     assert win == ["colorama"]
     assert lin == ["uvloop"]
+
+
+def test_a_prebuilt_wheelhouse_gets_the_server_and_the_same_digest_as_its_source(tmp_path):
+    """Route wheelhouse: a CI artifact holding the app and its dependencies (no server, wheels in a
+    subdirectory) becomes the same wheelhouse - same requirements.lock, same digest - as the tree it was
+    built from; a lock whose hash does not match a wheel is refused, naming it."""
+    tree = json.loads(build(tmp_path / "tree", "linux", "3.11").stdout)
+    wheels = tmp_path / "wheels"
+    with tarfile.open(tree["archive"]) as tf:
+        tf.extractall(wheels, filter="data")
+    artifact = tmp_path / "ci-artifact.tar.gz"
+    with tarfile.open(artifact, "w:gz") as tf:
+        for w in sorted(wheels.glob("*.whl")):
+            if not w.name.startswith("waitress-"):
+                tf.add(w, f"dist/{w.name}")
+    server = [n for n in tree["wheels"] if n.startswith("waitress-")][0].split("-")[1]
+
+    def from_artifact(out, *extra):
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), "--from=wheelhouse", f"--archive={artifact}", "--package=sampleapp",
+             "--version=1.0.0", f"--server=waitress=={server}", "--target=linux", "--python=3.11",
+             "--name=sampleapp", f"--out={out}", *extra], capture_output=True, text=True, timeout=600, check=False)
+
+    res = from_artifact(tmp_path / "ci")
+    assert res.returncode == 0, res.stderr
+    ci = json.loads(res.stdout)
+    assert ci["digest"] == tree["digest"] and ci["wheels"] == tree["wheels"]
+    assert "requirements.lock" in ci["wheels"]
+    lock = (wheels / "requirements.lock").read_text()
+    assert "--hash=sha256:" in lock and lock.count("\n") == len(tree["wheels"]) - 1
+    # A lock with another hash for flask: refused before anything is packed.
+    bad = tmp_path / "lock.txt"
+    bad.write_text(re.sub(r"^(flask==\S+ --hash=sha256:)\w+", r"\g<1>" + "0" * 64, lock, flags=re.M))
+    res = from_artifact(tmp_path / "ci-bad", f"--lock={bad}")
+    assert res.returncode != 0 and "does not match the lock" in res.stderr and "flask-" in res.stderr
+    # The wrong version in the artifact is named.
+    res = subprocess.run([sys.executable, str(SCRIPT), "--from=wheelhouse", f"--archive={artifact}",
+                          "--package=sampleapp", "--version=2.0.0", "--target=linux", "--python=3.11",
+                          "--name=sampleapp", f"--out={tmp_path / 'ci-v'}"], capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert "has sampleapp 1.0.0, but the deploy asks for version 2.0.0" in res.stderr
