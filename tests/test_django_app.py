@@ -101,6 +101,7 @@ def deploy(step, version, playbook="deploy.yml", **extra):
     extra_file.unlink()
     out = run.stdout + run.stderr
     seconds = round(time.monotonic() - t0, 1)
+    (BUILD / (re.sub(r"[^a-z0-9.]+", "-", step) + ".log")).write_text(out)
     m = re.search(rf"^{HOST}\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out, re.M)
     assert m, out[-3000:]
     RESULTS[step] = {"rc": run.returncode, "seconds": seconds,
