@@ -118,3 +118,28 @@ def test_a_prebuilt_wheelhouse_gets_the_server_and_the_same_digest_as_its_source
                           "--name=sampleapp", f"--out={tmp_path / 'ci-v'}"], capture_output=True, text=True,
                          timeout=600, check=False)
     assert "has sampleapp 1.0.0, but the deploy asks for version 2.0.0" in res.stderr
+
+
+def test_a_lock_is_enforced_by_hash(tmp_path):
+    """A lock file (the tree's dependencies, hashed) is downloaded exactly; a hash that does not match is refused
+    by pip before anything is packed; a lock missing a dependency is refused naming it."""
+    tree = json.loads(build(tmp_path / "tree", "linux", "3.11").stdout)
+    with tarfile.open(tree["archive"]) as tf:
+        lock = tf.extractfile("requirements.lock").read().decode()
+    deps = "".join(line + "\n" for line in lock.splitlines() if not line.startswith("sampleapp=="))
+
+    def with_lock(name, text):
+        path = tmp_path / f"{name}.txt"
+        path.write_text(text)
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), f"--source={ROOT / 'sample_app'}", "--version=1.0.0", "--target=linux",
+             "--python=3.11", "--name=sampleapp", f"--out={tmp_path / name}", f"--lock={path}"],
+            capture_output=True, text=True, timeout=600, check=False)
+
+    good = with_lock("good", deps)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["digest"] == tree["digest"]
+    bad = with_lock("bad", re.sub(r"^(flask==\S+ --hash=sha256:)\w+", r"\g<1>" + "0" * 64, deps, flags=re.M))
+    assert bad.returncode != 0 and "DO NOT MATCH THE HASHES" in bad.stderr
+    short = with_lock("short", "".join(line + "\n" for line in deps.splitlines() if not line.startswith("click==")))
+    assert short.returncode != 0 and "incomplete" in short.stderr and "click" in short.stderr
