@@ -212,3 +212,18 @@ def test_control_waitress_serve_accepts_then_resets_during_its_stop(port):
     assert late.get("status") != 200, late
     t.join(timeout=15)
     proc.wait(timeout=15)
+
+
+@pytest.mark.parametrize("entry", ["asgiapp:app", "asgiapp:instance"])
+def test_an_asgi_app_is_refused_at_start_with_a_message(tmp_path, port, entry):
+    """An async callable (a function or an object with an async __call__, as Starlette/FastAPI are) is
+    refused before the port opens, naming the setting - not failed on the first request."""
+    (tmp_path / "asgiapp.py").write_text(
+        "async def app(scope, receive, send):\n    pass\n\n\n"
+        "class App:\n    async def __call__(self, scope, receive, send):\n        pass\n\n\ninstance = App()\n")
+    proc = subprocess.run([sys.executable, str(LAUNCHER), f"--listen=127.0.0.1:{port}", entry],
+                          cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "is an ASGI application" in proc.stderr and "flask_app_wsgi" in proc.stderr, proc.stderr
+    assert refused(port)
