@@ -121,7 +121,17 @@ def write_release_file(path: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"{release} {os.getpid()}\n")
-    os.replace(tmp, path)
+    # Windows: a reader holding the file open without FILE_SHARE_DELETE (the deploy's slurp:
+    # File.ReadAllBytes) makes the replace fail with access denied until it closes it - moments later.
+    for attempt in range(50):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if attempt == 49:
+                os.unlink(tmp)
+                raise
+            time.sleep(0.1)
 
 
 def refuse_asgi(app) -> None:
