@@ -7,12 +7,13 @@ HOSTS ?= 2
 FLEET ?= local
 PYTEST_ARGS ?=
 
-.PHONY: help setup lint pytest molecule test test-slow bench hosts-up hosts-down hosts-status demo status clean lock
+.PHONY: help setup lint pytest molecule test test-extended test-slow bench hosts-up hosts-down hosts-status demo status clean lock
 
 help:
 	@echo "make demo        boot local test hosts and deploy the app to them"
 	@echo "make test        setup + lint + pytest + molecule (what CI runs)"
-	@echo "make test-slow   the long load scenarios (straight-at-host rollouts) outside make test"
+	@echo "make test-extended  deploy/host faults, the Django proof, uninstall and locks (CI runs it after make test)"
+	@echo "make test-slow   the long load scenarios (straight-at-host rollouts, 10-min soak, app rolls)"
 	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
 	@echo "make status      health summary of every host (inventory/local), non-zero if anything is down"
@@ -29,9 +30,15 @@ lint: setup
 	python tools/inventory_policy.py inventory
 
 pytest: setup
-	python -m pytest -m "not slow" $(PYTEST_ARGS)
+	python -m pytest -m "not slow and not extended" $(PYTEST_ARGS)
 
-# Long load scenarios (a short form of each is in `make test`).
+# The fault scenarios (controller killed, host lost, hung backend, disk full, ssh cut, soak), the Django proof,
+# uninstall and the deploy lock, each on its own fleet (~20 min): outside make test to keep it near 30 min;
+# CI (.ci/run) runs both.
+test-extended: setup
+	python -m pytest -m "extended and not slow" $(PYTEST_ARGS)
+
+# Long load scenarios (a short form of each is in `make test` or `make test-extended`).
 test-slow: setup
 	python -m pytest -m slow $(PYTEST_ARGS)
 

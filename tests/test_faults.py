@@ -24,7 +24,7 @@ from conftest import ROOT, VENV_BIN, parse_wrk, venv_env
 sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
-pytestmark = pytest.mark.hosts
+pytestmark = [pytest.mark.hosts, pytest.mark.extended]
 FLEET, NET = "fault", "10.231.13"
 HOSTS = [f"{FLEET}1", f"{FLEET}2"]
 PORTS = (8001, 8002)

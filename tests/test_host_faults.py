@@ -25,7 +25,7 @@ from conftest import ROOT, VENV_BIN, parse_wrk, venv_env
 sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
-pytestmark = pytest.mark.hosts
+pytestmark = [pytest.mark.hosts, pytest.mark.extended]
 FLEET, NET = "soak", "10.231.14"
 HOST = f"{FLEET}1"
 ADDR, CTL_NS = f"{NET}.11", f"ffc-{FLEET}"

@@ -28,7 +28,7 @@ from conftest import ROOT, VENV_BIN, venv_env
 sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
-pytestmark = pytest.mark.hosts
+pytestmark = [pytest.mark.hosts, pytest.mark.extended]
 FLEET, NET = "unin", "10.231.11"
 HOST = f"{FLEET}1"
 INVENTORY = ROOT / f"build/hosts/{FLEET}/hosts.yml"
