@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo        boot local test hosts and deploy the app to them"
 	@echo "make test        setup + lint + pytest + molecule (what CI runs)"
-	@echo "make test-extended  deploy/host faults, the Django proof, uninstall and locks (CI runs it after make test)"
+	@echo "make test-extended  deploy/host faults, Django proof, status, uninstall, lock, collection jobs (CI runs it after make test)"
 	@echo "make test-slow   the long load scenarios (straight-at-host rollouts, 10-min soak, app rolls)"
 	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
@@ -33,7 +33,7 @@ pytest: setup
 	python -m pytest -m "not slow and not extended" $(PYTEST_ARGS)
 
 # The fault scenarios (controller killed, host lost, hung backend, disk full, ssh cut, soak), the Django proof,
-# uninstall and the deploy lock, each on its own fleet (~20 min): outside make test to keep it near 30 min;
+# status, uninstall and the deploy lock, the collection's jobs on hosts, each on its own fleet (~25 min): outside make test to keep it near 30 min;
 # CI (.ci/run) runs both.
 test-extended: setup
 	python -m pytest -m "extended and not slow" $(PYTEST_ARGS)

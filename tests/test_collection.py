@@ -228,6 +228,7 @@ def jobs(fleet, tarball, wheelhouse, tmp_path_factory):
 
 
 @pytest.mark.hosts
+@pytest.mark.extended
 def test_installed_collection_converges_a_host_from_its_fqcn_playbook(jobs):
     job = jobs["collection"]
     first, again = job["first"], job["again"]
@@ -241,6 +242,7 @@ def test_installed_collection_converges_a_host_from_its_fqcn_playbook(jobs):
 
 
 @pytest.mark.hosts
+@pytest.mark.extended
 def test_deploy_runs_as_an_awx_job_under_ansible_runner_then_changes_nothing(jobs):
     job, host = jobs["awx"], HOSTS[1]
     for res in (job["first"], job["again"]):

@@ -17,7 +17,7 @@ from conftest import ROOT, VENV_BIN, venv_env
 sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
-pytestmark = pytest.mark.hosts
+pytestmark = [pytest.mark.hosts, pytest.mark.extended]
 FLEET, NET = "stat", "10.231.10"
 HOSTS = ["stat1", "stat2"]
 INVENTORY = ROOT / f"build/hosts/{FLEET}/hosts.yml"
