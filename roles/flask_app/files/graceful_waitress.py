@@ -28,13 +28,12 @@ the refused connects and stopped choosing this backend.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
-import signal
 import sys
 import time
 
+from launcher_common import launcher_options, on_stop, refuse_asgi, write_release_file
 from waitress import runner, wasyncore
 from waitress.server import BaseWSGIServer, create_server
 
@@ -113,35 +112,6 @@ def drain(server, socket_map, timeout: float) -> int:
         wasyncore.loop(timeout=0.05, map=socket_map, use_poll=server.adj.asyncore_use_poll, count=1)
 
 
-def write_release_file(path: str) -> None:
-    """Which release this process runs (its directory's marker) and its pid, replaced atomically."""
-    marker = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".installed")
-    with open(marker, encoding="utf-8") as f:
-        release = " ".join(f.read().split()[:2])
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{release} {os.getpid()}\n")
-    # Windows: a reader holding the file open without FILE_SHARE_DELETE (the deploy's slurp:
-    # File.ReadAllBytes) makes the replace fail with access denied until it closes it - moments later.
-    for attempt in range(50):
-        try:
-            os.replace(tmp, path)
-            return
-        except PermissionError:
-            if attempt == 49:
-                os.unlink(tmp)
-                raise
-            time.sleep(0.1)
-
-
-def refuse_asgi(app) -> None:
-    """An ASGI app (an async callable: FastAPI, Starlette, Django's ASGIHandler) cannot run under a WSGI server:
-    say so instead of failing on the first request."""
-    if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(getattr(app, "__call__", None)):
-        raise SystemExit(f"error: {app!r} is an ASGI application (async); the backends serve WSGI only "
-                         "(docs/your-app.md, ASGI): point flask_app_wsgi at a WSGI entry point")
-
-
 def serve(app, graceful_timeout: float, release_file: str | None = None, **kw) -> None:
     refuse_asgi(app)
     socket_map: dict = {}
@@ -160,9 +130,7 @@ def serve(app, graceful_timeout: float, release_file: str | None = None, **kw) -
         stop.append(signum)
         listeners(server, socket_map)[0].pull_trigger()
 
-    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGBREAK", None)):  # SIGBREAK: Windows Ctrl-Break
-        if sig is not None:
-            signal.signal(sig, request_stop)
+    on_stop(request_stop)
     try:
         while not stop:
             wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=socket_map,
@@ -177,18 +145,9 @@ def serve(app, graceful_timeout: float, release_file: str | None = None, **kw) -
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    graceful_timeout = 30.0
-    release_file = None
-    rest = [argv[0]]
-    for arg in argv[1:]:
-        if arg.startswith("--graceful-timeout="):
-            graceful_timeout = float(arg.split("=", 1)[1])
-        elif arg.startswith("--release-file="):
-            release_file = arg.split("=", 1)[1]
-        else:
-            rest.append(arg)
+    graceful_timeout, release_file, rest = launcher_options(argv[1:])
     logging.basicConfig(level=logging.INFO)
-    return runner.run(rest, _serve=lambda app, **kw: serve(app, graceful_timeout, release_file, **kw))
+    return runner.run([argv[0], *rest], _serve=lambda app, **kw: serve(app, graceful_timeout, release_file, **kw))
 
 
 if __name__ == "__main__":
