@@ -4,6 +4,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
+# Test fleets boot with the deploy's packages preinstalled (tools/testhosts.py --image deploy): each module's
+# first deploy skips the package installs. Molecule (make molecule) keeps the bare host the roles install on.
+os.environ.setdefault("TESTHOSTS_IMAGE", "deploy")
 sys.path.insert(0, str(ROOT / "lint" / "rules"))
 
 

@@ -1,4 +1,4 @@
-"""Host lifecycle smoke test: up -> ansible ping -> systemd running -> down -> nothing left, twice."""
+"""Host lifecycle smoke test: up -> ansible ping -> systemd running -> down -> nothing left, for each image."""
 
 import json
 import os
@@ -12,7 +12,9 @@ from conftest import ROOT, VENV_BIN, venv_env
 
 pytestmark = pytest.mark.hosts
 TOOL = [sys.executable, str(ROOT / "tools" / "testhosts.py")]
-FLEET = ["--fleet", "smoke", "--net", "10.231.9"]
+# Overridable (SMOKE_FLEET, SMOKE_NET) to profile beside a running CI that uses these.
+NAME = os.environ.get("SMOKE_FLEET", "smoke")
+FLEET = ["--fleet", NAME, "--net", os.environ.get("SMOKE_NET", "10.231.9")]
 
 
 def tool(*args, check=True):
@@ -23,19 +25,19 @@ def tool(*args, check=True):
 def _root_and_clean():
     if os.geteuid() != 0:
         pytest.skip("test hosts need root")
-    tool("down", "--fleet", "smoke")
+    tool("down", "--fleet", NAME)
     yield
-    tool("down", "--fleet", "smoke", check=False)
+    tool("down", "--fleet", NAME, check=False)
 
 
-@pytest.mark.parametrize("cycle", [1, 2])
-def test_up_ping_running_down_leaves_nothing(cycle):
+@pytest.mark.parametrize("image", ["bare", "deploy"])
+def test_up_ping_running_down_leaves_nothing(image):
     t0 = time.monotonic()
-    up = tool("up", "--count", "2", *FLEET)
+    up = tool("up", "--count", "2", f"--image={image}", *FLEET)
     boot_s = time.monotonic() - t0
-    state = json.loads(tool("status", "--fleet", "smoke").stdout)
-    assert sorted(state["hosts"]) == ["smoke1", "smoke2"], up.stderr
-    inventory = ROOT / "build" / "hosts" / "smoke" / "hosts.yml"
+    state = json.loads(tool("status", "--fleet", NAME).stdout)
+    assert sorted(state["hosts"]) == [f"{NAME}1", f"{NAME}2"], up.stderr
+    inventory = ROOT / "build" / "hosts" / NAME / "hosts.yml"
 
     ping = subprocess.run(
         [str(VENV_BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.ping", "-o"],
@@ -58,17 +60,25 @@ def test_up_ping_running_down_leaves_nothing(cycle):
         capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False,
     )
     assert facts.stdout.count('"ansible_service_mgr": "systemd"') == 2, facts.stdout
-    assert '"ansible_hostname": "smoke1"' in facts.stdout and '"ansible_hostname": "smoke2"' in facts.stdout
+    assert f'"ansible_hostname": "{NAME}1"' in facts.stdout and f'"ansible_hostname": "{NAME}2"' in facts.stdout
 
-    tool("down", "--fleet", "smoke")
-    left = tool("leftovers", "--fleet", "smoke", check=False)
+    # The deploy's packages: left to the roles on a bare host, installed (by the same apt) in the deploy image.
+    packages = subprocess.run(
+        [str(VENV_BIN / "ansible"), "all", "-i", str(inventory), "-m", "ansible.builtin.command",
+         "-a", "dpkg-query -W -f=${Status}, nginx python3-venv", "-o"],
+        capture_output=True, text=True, env=venv_env(), cwd=ROOT, timeout=120, check=False,
+    )
+    assert packages.stdout.count("install ok installed") == (4 if image == "deploy" else 0), packages.stdout
+
+    tool("down", "--fleet", NAME)
+    left = tool("leftovers", "--fleet", NAME, check=False)
     assert left.returncode == 0, left.stdout
     assert all(v == [] for v in json.loads(left.stdout).values())
-    print(f"cycle {cycle}: up {boot_s:.1f}s (boot {state['boot_seconds']}s)")
+    print(f"{image}: up {boot_s:.1f}s (boot {state['boot_seconds']}s)")
 
 
 def test_usage_lists_reboot_and_it_needs_a_host():
     usage = subprocess.run([*TOOL, "--help"], capture_output=True, text=True, check=False).stdout
     assert "reboot --host NAME" in usage
-    res = subprocess.run([*TOOL, "reboot", "--fleet", "smoke"], capture_output=True, text=True, check=False)
+    res = subprocess.run([*TOOL, "reboot", "--fleet", NAME], capture_output=True, text=True, check=False)
     assert res.returncode == 2 and "reboot needs --host" in res.stderr

@@ -5,7 +5,8 @@ Each host runs systemd as PID 1 and sshd, in its own network namespace, wired by
 bridge in a per-fleet controller namespace (nothing is added to the root namespace). Ansible reaches
 the hosts over ssh with `ip netns exec <ctl-ns> nc %h %p` as ProxyCommand.
 
-    testhosts.py up   [--fleet local] [--count 2] [--net 10.231.1]   boot hosts, write inventory
+    testhosts.py up   [--fleet local] [--count 2] [--net 10.231.1] [--image bare|deploy]
+                                                                      boot hosts, write inventory
     testhosts.py down [--fleet local]                                 stop hosts, remove everything
     testhosts.py reboot --host NAME [--fleet local]                   reboot one host, wait for systemd
     testhosts.py status [--fleet local]                               JSON state
@@ -16,6 +17,10 @@ the hosts over ssh with `ip netns exec <ctl-ns> nc %h %p` as ProxyCommand.
 
 The hosts have no internet. The rootfs carries, downloaded but not installed, every .deb the deploy
 installs (apt's archive cache plus package lists), so `apt install nginx` on a host works offline.
+`--image deploy` (the tests' choice, through TESTHOSTS_IMAGE) boots the same rootfs with one more read-only
+layer in which those packages are already installed: the first deploy skips its package installs (~10 s a
+host on a busy 2-core machine) but still runs and manages them; `bare` (the default, molecule's) is the
+fresh Debian host on which the roles install them.
 Python wheels are not in the image: the deploy builds a wheelhouse on the controller and copies it.
 Needs root (namespaces, nspawn); stdlib only.
 """
@@ -49,6 +54,14 @@ BASE_PACKAGES = [
 ]
 # Downloaded into apt's cache, not installed: what the deploy installs on a Linux host.
 DEPLOY_DEBS = ["nginx", "python3-venv"]
+# The deploy image's layer over the rootfs: those packages installed from that cache, nothing else changed.
+# Installed outside a booted system, nginx is enabled but not started: it starts at the host's boot, as
+# apt leaves it on a host it was installed on.
+DEPLOY_LAYER = r"""
+set -e
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -qq --no-download DEBS >/dev/null
+"""
 CUSTOMIZE = r"""
 set -e
 export DEBIAN_FRONTEND=noninteractive
@@ -94,10 +107,20 @@ def recipe_key() -> str:
     return h.hexdigest()[:16]
 
 
-def nspawn_run(directory: Path, script: str) -> None:
-    """Run a shell script inside the rootfs with the host's network (build time only)."""
-    run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--resolv-conf=copy-host",
+def nspawn_run(directory: Path, script: str, network: bool = True) -> None:
+    """Run a shell script inside the rootfs, with the host's network or none (build time only)."""
+    net = ["--resolv-conf=copy-host"] if network else ["--resolv-conf=off", "--private-network"]
+    run(["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", *net,
          f"--directory={directory}", "--pipe", "/bin/sh", "-c", script], stdin=subprocess.DEVNULL)
+
+
+def prune(kind: str, keep: Path) -> None:
+    """Remove the cache's other builds of a kind, unless a running fleet still uses one (a checkout on
+    another commit may boot hosts from it: its overlay names it among its lower layers)."""
+    in_use = Path("/proc/self/mountinfo").read_text()
+    for old in CACHE.glob(f"{kind}-*"):
+        if old != keep and not any(f"{old}{end}" in in_use for end in (",", ":", " ")):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_rootfs() -> Path:
@@ -122,12 +145,40 @@ def ensure_rootfs() -> Path:
         (tmp / "etc/resolv.conf").write_text("nameserver 127.0.0.1\n")  # no stalls on reverse lookups
         (tmp / ".complete").write_text(f"{key}\n")
         tmp.rename(target)
-        # Older recipes are dead weight once a new one is built, unless a running fleet still uses one.
-        in_use = Path("/proc/self/mountinfo").read_text()
-        for old in CACHE.glob("rootfs-*"):
-            if old != target and f"lowerdir={old}," not in in_use:
-                shutil.rmtree(old, ignore_errors=True)
+        prune("rootfs", target)  # older recipes are dead weight once a new one is built
         log(f"rootfs built in {time.monotonic() - t0:.1f}s")
+    return target
+
+
+def ensure_deploy_layer(rootfs: Path) -> Path:
+    """The deploy image's layer: the upper directory of an overlay on the rootfs in which DEPLOY_DEBS were
+    installed from its apt cache, offline. Built once per rootfs and kept read-only like the rootfs."""
+    key = hashlib.sha256(f"{rootfs.name}\0{DEPLOY_LAYER}".encode()).hexdigest()[:16]
+    target = CACHE / f"layer-{key}"
+    if (target / ".complete").exists():
+        return target
+    with open(CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").exists():
+            return target
+        tmp = CACHE / f".layer-{key}.tmp"
+        unmount_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.monotonic()
+        for d in ("upper", "work", "merged"):
+            (tmp / d).mkdir(parents=True)
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={rootfs},upperdir={tmp / 'upper'},workdir={tmp / 'work'}", str(tmp / "merged")])
+        try:
+            nspawn_run(tmp / "merged", DEPLOY_LAYER.replace("DEBS", " ".join(DEPLOY_DEBS)), network=False)
+        finally:
+            unmount_under(tmp)
+        layer = tmp / "upper"
+        (layer / ".complete").write_text(f"{key}\n")
+        layer.rename(target)
+        shutil.rmtree(tmp, ignore_errors=True)
+        prune("layer", target)
+        log(f"deploy layer {target.name} built in {time.monotonic() - t0:.1f}s")
     return target
 
 
@@ -235,8 +286,8 @@ def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
 
 # --------------------------------------------------------------------------- up
 
-def prepare_copy(rootfs: Path, hostdir: Path, hostname: str, pubkey: str) -> tuple[Path, str]:
-    """Give one host its root: an overlay over the shared read-only rootfs (instant, no copy),
+def prepare_copy(lower: str, hostdir: Path, hostname: str, pubkey: str) -> tuple[Path, str]:
+    """Give one host its root: an overlay over the shared read-only layers (instant, no copy),
     with its own hostname, ssh host keys and root's authorized key in the upper layer."""
     unmount_under(hostdir)
     shutil.rmtree(hostdir, ignore_errors=True)
@@ -244,7 +295,7 @@ def prepare_copy(rootfs: Path, hostdir: Path, hostname: str, pubkey: str) -> tup
     for d in ("upper", "work", "rootfs"):
         (hostdir / d).mkdir(parents=True)
     run(["mount", "-t", "overlay", "overlay", "-o",
-         f"lowerdir={rootfs},upperdir={hostdir / 'upper'},workdir={hostdir / 'work'}", str(merged)])
+         f"lowerdir={lower},upperdir={hostdir / 'upper'},workdir={hostdir / 'work'}", str(merged)])
     (merged / "etc/hostname").write_text(hostname + "\n")
     (merged / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n::1 localhost\n")
     run(["ssh-keygen", "-q", "-A", "-f", str(merged)], stdout=subprocess.DEVNULL)
@@ -298,12 +349,13 @@ def wait_sshd(fleet: Fleet, host: str, address: str) -> None:
                                     check=False).returncode == 0, 20, f"sshd on {host}")
 
 
-def up(fleet: Fleet, count: int) -> dict:
+def up(fleet: Fleet, count: int, image: str = "bare") -> dict:
     if count < 1 or count > 50:
         raise SystemExit("error: --count must be 1..50")
     state = fleet.state()
     if state.get("hosts"):
-        if len(state["hosts"]) == count and all(alive(h["nspawn_pid"]) for h in state["hosts"].values()):
+        if (len(state["hosts"]) == count and state.get("image", "bare") == image
+                and all(alive(h["nspawn_pid"]) for h in state["hosts"].values())):
             log(f"fleet {fleet.name}: {count} host(s) already up")
             write_inventory(fleet, state)
             return state
@@ -311,11 +363,13 @@ def up(fleet: Fleet, count: int) -> dict:
         down(fleet)
     t0 = time.monotonic()
     rootfs = ensure_rootfs()
+    lower = f"{ensure_deploy_layer(rootfs)}:{rootfs}" if image == "deploy" else str(rootfs)
     t_rootfs = time.monotonic() - t0
     key = ssh_key()
     pubkey = key.with_suffix(".pub").read_text()
     net = fleet.net
-    state = {"fleet": fleet.name, "net": net, "ctl_ns": fleet.ctl_ns, "rootfs": str(rootfs), "hosts": {}}
+    state = {"fleet": fleet.name, "net": net, "ctl_ns": fleet.ctl_ns, "rootfs": str(rootfs), "image": image,
+             "hosts": {}}
     fleet.save(state)  # saved early so a failed boot is still cleaned up by down
 
     ensure_netns(fleet.ctl_ns)
@@ -336,7 +390,7 @@ def up(fleet: Fleet, count: int) -> dict:
         run(ctl + ["link", "set", f"vh{i}", "master", "br0", "up"])
         run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
         run(["ip", "-n", ns, "link", "set", "eth0", "up"])
-        copy, hostkey = prepare_copy(rootfs, fleet.dir / host, host, pubkey)
+        copy, hostkey = prepare_copy(lower, fleet.dir / host, host, pubkey)
         known.append(f"{addr} ssh-ed25519 {hostkey}\n")
         pid = boot(fleet, host, copy)
         pids[host] = pid
@@ -534,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, default=int(os.environ.get("HOSTS", "2")))
     p.add_argument("--host", help="the host to reboot")
     p.add_argument("--net", default=None, help="first three octets of the fleet's /24 (default 10.231.1)")
+    p.add_argument("--image", choices=["bare", "deploy"], default=os.environ.get("TESTHOSTS_IMAGE", "bare"),
+                   help="bare: fresh Debian; deploy: the deploy's packages preinstalled (default: $TESTHOSTS_IMAGE or bare)")
     args = p.parse_args(argv)
     if args.command == "reboot" and not args.host:
         p.error("reboot needs --host NAME")
@@ -544,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         print(ensure_rootfs())
     elif args.command == "up":
         try:
-            up(fleet, args.count)
+            up(fleet, args.count, args.image)
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             log(f"error: {exc}; tearing the fleet down")
             down(fleet)
