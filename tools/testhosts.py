@@ -186,8 +186,10 @@ def ensure_deploy_layer(rootfs: Path) -> Path:
 
 class Fleet:
     def __init__(self, name: str, net: str | None = None):
-        if not name.isalnum() or len(name) > 8:
-            raise SystemExit(f"error: --fleet must be 1-8 letters/digits, got {name!r}")
+        # Hosts are <fleet><n>: a fleet ending in a digit would share names with another's (tprof2's first
+        # host and tprof's 21st are both tprof21), and down would take that one too.
+        if not name.isalnum() or len(name) > 8 or name[-1].isdigit():
+            raise SystemExit(f"error: --fleet must be 1-8 letters/digits ending in a letter, got {name!r}")
         self.name = name
         self.dir = BUILD / "hosts" / name
         self.state_file = self.dir / "state.json"
