@@ -33,6 +33,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -464,7 +465,8 @@ def ns_pids(ns: str) -> list[int]:
 def fleet_processes(fleet: Fleet) -> list[int]:
     """nspawn processes of this fleet and ssh clients (ControlPersist masters) aimed at it."""
     found = []
-    marks = (str(fleet.dir) + "/", f"/run/netns/ffh-{fleet.name}", f"exec {fleet.ctl_ns} ")
+    # Exact names: fleet rel must not match fleet relx's hosts (/run/netns/ffh-relx1).
+    marks = re.compile(rf"{re.escape(str(fleet.dir))}/|/run/netns/ffh-{fleet.name}\d+(\s|$)|exec {fleet.ctl_ns} ")
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -472,7 +474,7 @@ def fleet_processes(fleet: Fleet) -> list[int]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if any(m in cmd for m in marks) and int(entry.name) != os.getpid():
+        if marks.search(cmd) and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
 
