@@ -1,8 +1,11 @@
-"""The backends' launcher (roles/flask_app/files/graceful_waitress.py) with real waitress and the sample app:
-a stop refuses new connections at once, finishes the requests in flight, then exits. waitress-serve's own
-stop, the control, keeps accepting connections it never answers."""
+"""The backends' launchers (roles/flask_app/files/graceful_waitress.py, graceful_granian.py) with the real
+servers and the sample app: a stop refuses new connections at once, finishes the requests in flight, then
+exits. waitress-serve's own stop, the control, keeps accepting connections it never answers. The tests that
+hold for both launchers run with each (the `launcher` parameter); the rest are waitress's own mechanics."""
 
 import http.client
+import importlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,7 +17,9 @@ import pytest
 
 from conftest import ROOT
 
-LAUNCHER = ROOT / "roles/flask_app/files/graceful_waitress.py"
+FILES = ROOT / "roles/flask_app/files"
+LAUNCHER = FILES / "graceful_waitress.py"
+LAUNCHERS = {"waitress": LAUNCHER, "granian": FILES / "graceful_granian.py"}
 
 
 def free_port():
@@ -67,8 +72,13 @@ def port():
     return free_port()
 
 
-def test_stop_refuses_new_connections_and_finishes_requests_in_flight(port):
-    proc = start([str(LAUNCHER), "--graceful-timeout=20"], port)
+@pytest.fixture(params=sorted(LAUNCHERS))
+def launcher(request):
+    return LAUNCHERS[request.param]
+
+
+def test_stop_refuses_new_connections_and_finishes_requests_in_flight(port, launcher):
+    proc = start([str(launcher), "--graceful-timeout=20"], port)
     idle = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     idle.request("GET", "/test")
     assert idle.getresponse().read() == b"hello world"  # an idle keep-alive connection stays open
@@ -80,10 +90,12 @@ def test_stop_refuses_new_connections_and_finishes_requests_in_flight(port):
     proc.send_signal(signal.SIGINT)
     time.sleep(0.3)
     assert refused(port), "new connections must be refused while draining"
-    # A kept-alive connection still carries one request, answered with Connection: close, then closes.
-    idle.request("GET", "/test")
-    last = idle.getresponse()
-    assert (last.status, last.getheader("Connection"), last.read()) == (200, "close", b"hello world")
+    if launcher == LAUNCHER:
+        # A kept-alive connection still carries one request, answered with Connection: close, then closes.
+        idle.request("GET", "/test")
+        last = idle.getresponse()
+        assert (last.status, last.getheader("Connection"), last.read()) == (200, "close", b"hello world")
+    # granian (hyper's graceful shutdown) closes an idle kept-alive connection at once, cleanly.
     assert idle.sock is None or idle.sock.recv(1) == b""
     t.join(timeout=15)
     assert result.get("status") == 200, result
@@ -113,7 +125,9 @@ def test_connections_queued_in_the_kernel_are_served_not_reset(port):
     proc = subprocess.Popen([sys.executable, *cmd, f"--listen=127.0.0.1:{port}", "--threads=2",
                              "--connection-limit=3", "--call", "sampleapp:create_app"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=default_sigint)
-    time.sleep(1.5)
+    # Listening (without a probe connection, which would count against the limit); seconds on a loaded host.
+    while "Serving on" not in proc.stdout.readline():
+        assert proc.poll() is None, proc.stdout.read()
     holder = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     holder.request("GET", "/test")
     # The one connection waitress accepts (its limit counts the listening socket and its wake-up pipe too).
@@ -178,8 +192,8 @@ def test_a_stop_signal_between_reading_a_request_and_parsing_it_loses_nothing(po
     assert proc.wait(timeout=10) == 0, proc.communicate()[0]
 
 
-def test_graceful_timeout_bounds_the_stop(port):
-    proc = start([str(LAUNCHER), "--graceful-timeout=1"], port)
+def test_graceful_timeout_bounds_the_stop(port, launcher):
+    proc = start([str(launcher), "--graceful-timeout=1"], port)
     result = {}
     t = threading.Thread(target=slow_request, args=(port, 8, result))
     t.start()
@@ -187,7 +201,7 @@ def test_graceful_timeout_bounds_the_stop(port):
     stopped_at = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=20)
-    # Gone after the timeout plus waitress's own 5 s for running threads, not after the 8 s request.
+    # Gone after the timeout (plus waitress's own 5 s for running threads), not after the 8 s request.
     assert time.monotonic() - stopped_at < 7.5
     t.join(timeout=15)
 
@@ -215,15 +229,63 @@ def test_control_waitress_serve_accepts_then_resets_during_its_stop(port):
 
 
 @pytest.mark.parametrize("entry", ["asgiapp:app", "asgiapp:instance"])
-def test_an_asgi_app_is_refused_at_start_with_a_message(tmp_path, port, entry):
+def test_an_asgi_app_is_refused_at_start_with_a_message(tmp_path, port, entry, launcher):
     """An async callable (a function or an object with an async __call__, as Starlette/FastAPI are) is
     refused before the port opens, naming the setting - not failed on the first request."""
     (tmp_path / "asgiapp.py").write_text(
         "async def app(scope, receive, send):\n    pass\n\n\n"
         "class App:\n    async def __call__(self, scope, receive, send):\n        pass\n\n\ninstance = App()\n")
-    proc = subprocess.run([sys.executable, str(LAUNCHER), f"--listen=127.0.0.1:{port}", entry],
+    proc = subprocess.run([sys.executable, str(launcher), f"--listen=127.0.0.1:{port}", entry],
                           cwd=tmp_path, env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "is an ASGI application" in proc.stderr and "flask_app_wsgi" in proc.stderr, proc.stderr
     assert refused(port)
+
+
+def test_the_release_file_names_the_release_and_the_pid_once_listening(tmp_path, port, launcher):
+    """--release-file: "<version> <wheelhouse digest> <pid>" from the marker beside the launcher (the release
+    it was started from), written once the port listens."""
+    release = tmp_path / "release"
+    release.mkdir()
+    for f in (launcher, FILES / "launcher_common.py"):
+        shutil.copy(f, release / f.name)
+    (release / ".installed").write_text("1.2.3 0123456789abcdef\n")
+    marker = tmp_path / "sampleapp-8001.release"
+    proc = start([str(release / launcher.name), f"--release-file={marker}"], port)
+    assert marker.read_text() == f"1.2.3 0123456789abcdef {proc.pid}\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=15) == 0
+
+
+def test_granian_trusts_forwarding_headers_from_loopback_only():
+    """graceful_granian.py's guard (granian has no proxy-header handling of its own): X-Forwarded-For/-Proto
+    from 127.0.0.1 (nginx, which overwrites them) give the client's address and scheme; other forwarding
+    headers never reach the app, nor any of them from elsewhere; a body above the limit gets 413 unread."""
+    sys.path.insert(0, str(FILES))
+    guarded = importlib.import_module("graceful_granian").guarded
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(environ)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    def call(**environ):
+        status = []
+        body = guarded(app, 100)({"wsgi.url_scheme": "http", **environ}, lambda s, h: status.append(s))
+        return status[0][:3], b"".join(body)
+
+    forged = {"HTTP_X_FORWARDED_FOR": "6.6.6.6", "HTTP_X_FORWARDED_PROTO": "https", "HTTP_FORWARDED": "for=6.6.6.6",
+              "HTTP_X_FORWARDED_HOST": "evil.example", "HTTP_X_FORWARDED_PORT": "1", "HTTP_X_FORWARDED_BY": "x"}
+    assert call(REMOTE_ADDR="127.0.0.1", **{**forged, "HTTP_X_FORWARDED_FOR": "10.0.0.7"}) == ("200", b"ok")
+    env = seen.pop()
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("10.0.0.7", "https")
+    assert not {"HTTP_FORWARDED", "HTTP_X_FORWARDED_HOST", "HTTP_X_FORWARDED_PORT", "HTTP_X_FORWARDED_BY"} & set(env)
+    assert call(REMOTE_ADDR="10.1.1.1", **forged) == ("200", b"ok")
+    env = seen.pop()
+    assert (env["REMOTE_ADDR"], env["wsgi.url_scheme"]) == ("10.1.1.1", "http")
+    assert not set(forged) & set(env)
+    assert call(REMOTE_ADDR="127.0.0.1", CONTENT_LENGTH="101") == ("413", b"Request Entity Too Large")
+    assert not seen
+    assert call(REMOTE_ADDR="127.0.0.1", CONTENT_LENGTH="100")[0] == "200"

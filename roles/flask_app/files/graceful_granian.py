@@ -121,6 +121,9 @@ def serve(a: argparse.Namespace, graceful_timeout: float, release_file: str | No
     app = load_app(a.app, a.call)
     refuse_asgi(app)
     sock = listen(a.listen, a.backlog)
+    # Before the first answer: a backend that answers its health check has written it (the deploy reads it then).
+    if release_file:
+        write_release_file(release_file)
     signal_ = WorkerSignal()
     drained = threading.Event()
     # Called by the worker once its accept loop ended and every connection is done.
@@ -145,8 +148,6 @@ def serve(a: argparse.Namespace, graceful_timeout: float, release_file: str | No
     callback = _callback_wrapper(guarded(app, a.max_request_body_size), {}, None)
     worker.serve_mtr(_new_cbscheduler(loop, callback, impl_asyncio=True), loop, signal_)
     del worker
-    if release_file:
-        write_release_file(release_file)
     log.info("Serving on http://%s (granian, pid %d)", a.listen, os.getpid())
     stopping: list[float] = []
 
