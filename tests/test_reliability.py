@@ -25,11 +25,30 @@ sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
 pytestmark = pytest.mark.hosts
-FLEET, NET = "rel", "10.231.6"
-HOST, OTHER = "rel1", "rel2"
-ADDR, CTL_NS = f"{NET}.11", f"ffc-{FLEET}"
-BUILD = ROOT / "build" / "reliability"
-INVENTORY = ROOT / f"build/hosts/{FLEET}/hosts.yml"
+# The module runs against each app server (flask_app_server) on its own fleet: waitress, every test, in
+# `make test`; granian (marked extended) the hostile-client, secret and privilege tests (what depends on the
+# server). Set by use_server() before the fleet starts.
+SERVERS = {"waitress": ("rel", "10.231.6"), "granian": ("grel", "10.231.18")}
+GRANIAN_TESTS = {
+    "test_kill_9_of_a_backend_is_invisible_and_repaired", "test_body_over_the_limit_gets_413_from_nginx",
+    "test_slow_loris_connections_are_cut_and_normal_clients_served",
+    "test_spoofed_x_forwarded_for_does_not_reach_the_app", "test_request_smuggling_probes_are_rejected",
+    "test_pipelined_requests_are_all_answered", "test_canary_secret_reaches_the_app_and_nowhere_else",
+    "test_processes_run_unprivileged_with_read_only_code", "test_backends_are_reachable_only_on_loopback"}
+SERVER = FLEET = NET = HOST = OTHER = ADDR = CTL_NS = BUILD = INVENTORY = RESULTS_FILE = None
+
+
+def use_server(server):
+    global SERVER, FLEET, NET, HOST, OTHER, ADDR, CTL_NS, BUILD, INVENTORY, RESULTS_FILE
+    SERVER, (FLEET, NET) = server, SERVERS[server]
+    HOST, OTHER = f"{FLEET}1", f"{FLEET}2"
+    ADDR, CTL_NS = f"{NET}.11", f"ffc-{FLEET}"
+    suffix = "" if server == "waitress" else f"-{server}"
+    BUILD, RESULTS_FILE = ROOT / "build" / f"reliability{suffix}", ROOT / f"build/reliability-results{suffix}.json"
+    INVENTORY = ROOT / f"build/hosts/{FLEET}/hosts.yml"
+    RESULTS.clear()
+
+
 PROBE = ROOT / "tests/reliability/probe.py"
 RESULTS = {}
 # A secret with characters that need quoting; only its marker is searched for.
@@ -40,9 +59,10 @@ BASE = {"nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache
 
 # ----------------------------------------------------------------------------------------- helpers
 
-def playbook(name, *args, limit=HOST, env=None, **extra):
+def playbook(name, *args, limit="", env=None, **extra):
+    limit = HOST if limit == "" else limit
     extra_file = BUILD / f"extra-{secrets.token_hex(4)}.json"
-    extra_file.write_text(json.dumps({**BASE, **extra}))
+    extra_file.write_text(json.dumps({**BASE, "flask_app_server": SERVER, **extra}))
     run = subprocess.run([str(VENV_BIN / "ansible-playbook"), name, "-i", str(INVENTORY), *(["-l", limit] * bool(limit)),
                           "-e", f"@{BUILD / 'secrets.yml'}", "-e", f"@{extra_file}",
                           "--vault-password-file", str(BUILD / "vault-pass"), *args],
@@ -52,7 +72,8 @@ def playbook(name, *args, limit=HOST, env=None, **extra):
     return run.returncode, run.stdout + run.stderr
 
 
-def recap(out, host=HOST):
+def recap(out, host=None):
+    host = host or HOST
     m = re.search(rf"^{host}\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out, re.M)
     assert m, out[-2000:]
     return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups())))
@@ -75,23 +96,27 @@ def from_ns(ns, *cmd):
                           check=False)
 
 
-def health(port, host=HOST):
+def health(port, host=None):
+    host = host or HOST
     out = from_ns(f"ffh-{host}", "curl", "-s", "--max-time", "2", f"http://127.0.0.1:{port}/healthz").stdout
     return json.loads(out) if out.startswith("{") else None
 
 
-def main_pid(service, host=HOST):
+def main_pid(service, host=None):
+    host = host or HOST
     return int(on(host, "systemctl", "show", "-P", "MainPID", service).stdout.strip())
 
 
-def nginx_state(host=HOST):
+def nginx_state(host=None):
+    host = host or HOST
     pid = int(on(host, "cat", "/run/nginx.pid").stdout.strip())
     rev = from_ns(f"ffh-{host}", "curl", "-s", "http://127.0.0.1:8079/config-rev").stdout.strip()
     conf = hashlib.sha256(on(host, "cat", "/etc/nginx/nginx.conf").stdout.encode()).hexdigest()
     return {"master": pid, "rev": rev, "conf": conf}
 
 
-def host_snapshot(host=HOST):
+def host_snapshot(host=None):
+    host = host or HOST
     """What a deploy could change: backend processes, nginx, and every file it writes."""
     files = on(host, "sh", "-c", "find /opt/sampleapp /etc/nginx /etc/systemd/system /var/log/sampleapp "
                                  "-printf '%p %s %T@ %m %u\\n' | sort").stdout
@@ -99,7 +124,8 @@ def host_snapshot(host=HOST):
             "files": hashlib.sha256(files.encode()).hexdigest()}
 
 
-def wrk(seconds, conns=50, script=None, url=f"http://{ADDR}/test"):
+def wrk(seconds, conns=50, script=None, url=None):
+    url = url or f"http://{ADDR}/test"
     cmd = ["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s"]
     cmd += ["-s", str(ROOT / script)] if script else []
     return subprocess.Popen(["ip", "netns", "exec", CTL_NS, *cmd, url], stdout=subprocess.PIPE,
@@ -112,7 +138,7 @@ def wrk_result(proc):
 
 def record(name, **figures):
     RESULTS[name] = {k: v for k, v in figures.items() if k != "raw"}
-    (ROOT / "build/reliability-results.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
+    RESULTS_FILE.write_text(json.dumps(RESULTS, indent=2) + "\n")
     print(f"{name}: {RESULTS[name]}")
 
 
@@ -125,10 +151,11 @@ def wait(pred, timeout, interval=0.2):
     return None
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fleet():
+@pytest.fixture(scope="module", autouse=True, params=["waitress", pytest.param("granian", marks=pytest.mark.extended)])
+def fleet(request):
     if os.geteuid() != 0:
         pytest.skip("test hosts need root")
+    use_server(request.param)
     tool = [sys.executable, str(ROOT / "tools/testhosts.py")]
     subprocess.run([*tool, "down", f"--fleet={FLEET}"], capture_output=True, check=False)
     shutil.rmtree(BUILD, ignore_errors=True)
@@ -150,6 +177,12 @@ def fleet():
     assert rc == 0, out[-3000:]
     yield
     subprocess.run([*tool, "down", f"--fleet={FLEET}"], capture_output=True, check=False)
+
+
+@pytest.fixture(autouse=True)
+def scenario(request):
+    if SERVER != "waitress" and request.node.originalname not in GRANIAN_TESTS:
+        pytest.skip(f"run with waitress only (does not depend on the app server; the {SERVER} form keeps what does)")
 
 
 # ------------------------------------------------------------------------------------ 1. bad input
@@ -384,6 +417,10 @@ def test_body_over_the_limit_gets_413_from_nginx():
     ok = from_ns(CTL_NS, "sh", "-c", f"head -c 1000000 /dev/zero | curl -s --max-time 20 --data-binary @- "
                                      f"http://{ADDR}/echo")
     assert json.loads(ok.stdout) == {"received": 1000000}
+    # The backend's own limit (flask_app_max_request_body_size, 10 MiB), for what reaches it without nginx.
+    direct = from_ns(f"ffh-{HOST}", "sh", "-c", "head -c 11000000 /dev/zero | curl -s -o /dev/null -w '%{http_code}' "
+                                                "--max-time 20 --data-binary @- http://127.0.0.1:8001/echo")
+    assert direct.stdout == "413", direct.stdout
 
 
 def test_slow_loris_connections_are_cut_and_normal_clients_served():
