@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, venv_env
 
 pytestmark = pytest.mark.hosts
-TOPOLOGIES = ["flask-dev", "tornado", "waitress", "nginx+4flask", "nginx+4tornado", "nginx+gunicorn4", "ours",
-              "ours-direct"]
+TOPOLOGIES = ["flask-dev", "tornado", "waitress", "granian", "nginx+4flask", "nginx+4tornado", "nginx+gunicorn4",
+              "ours-waitress", "ours-granian", "ours-direct-waitress", "ours-direct-granian"]
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +45,32 @@ def test_errors_are_counted(quick):
     assert broken["errors"] == broken["non_2xx"] == broken["requests"] > 0
 
 
-def test_sleep_isolation_row_and_chart(quick):
+def test_cpu_per_tier(quick):
+    """Every row has the CPU each tier spent per 1,000 requests; nginx's share where the load went through it."""
+    _, data, table = quick
+    for r in data["rows"]:
+        cpu, top = r["cpu_ms_per_1k"], r["topology"]
+        assert cpu["wrk"] > 0, r
+        if top == "broken":  # nginx answering 502 itself: all of the stack's CPU is nginx's
+            assert cpu["nginx"] > 0 and r["nginx_share"] == 1.0, r
+            continue
+        assert cpu["backends"] > 0, r
+        if top.startswith("ours-direct-"):  # nginx idle beside the direct load: no share
+            assert r["nginx_share"] is None and cpu["nginx"] < cpu["backends"], r
+        elif top.startswith(("nginx+", "ours-")):
+            assert cpu["nginx"] > 0 and 0 < r["nginx_share"] < 1, r
+        else:  # a server alone
+            assert "nginx" not in cpu and r["nginx_share"] is None, r
+    assert "CPU ms/1k req" in table
+
+
+def test_sleep_isolation_rows_and_chart(quick):
     out, data, _ = quick
     iso = [r for r in data["rows"] if r["scenario"].startswith("test+")]
-    assert len(iso) == 1 and "baseline_p99_ms" in iso[0]
-    # The long requests really ran beside /test (completed, none failed).
-    assert iso[0]["sleep_requests"] > 0 and iso[0]["sleep_errors"] == 0, iso[0]
+    # One per app server, each with the baseline it is compared with.
+    assert sorted(r["topology"] for r in iso) == ["ours-granian", "ours-waitress"], iso
+    for r in iso:
+        assert "baseline_p99_ms" in r
+        # The long requests really ran beside /test (completed, none failed).
+        assert r["sleep_requests"] > 0 and r["sleep_errors"] == 0, r
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
