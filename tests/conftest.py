@@ -2,6 +2,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 # Test fleets boot with the deploy's packages preinstalled (tools/testhosts.py --image deploy): each module's
@@ -31,3 +33,19 @@ def venv_env() -> dict:
 
 sys.path.insert(0, str(ROOT / "tools"))
 from fleetlib import wrk_summary as parse_wrk  # noqa: E402,F401 - the one wrk parser (tests and bench)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fleet_fact_cache(request, tmp_path_factory):
+    """A module on test hosts keeps its hosts' facts between its playbook runs (gathering = smart): each play
+    after the first skips the gathering (~2 s a run on a busy 2-core machine, dozens of runs a module). The
+    facts the roles read (os_family, python, processor_vcpus) do not change while a fleet is up; the cache
+    lives and dies with the module."""
+    if request.node.get_closest_marker("hosts") is None:
+        yield
+        return
+    os.environ["ANSIBLE_CACHE_PLUGIN"] = "ansible.builtin.jsonfile"
+    os.environ["ANSIBLE_CACHE_PLUGIN_CONNECTION"] = str(tmp_path_factory.mktemp("facts"))
+    yield
+    for key in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION"):
+        os.environ.pop(key, None)

@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 import testhosts  # noqa: E402
 
 pytestmark = pytest.mark.hosts
-FLEET, NET, HOST = "app", "10.231.15", "app1"
+# Overridable (APP_FLEET, APP_NET) to run beside a CI that uses these.
+FLEET, NET = os.environ.get("APP_FLEET", "app"), os.environ.get("APP_NET", "10.231.15")
+HOST = f"{FLEET}1"
 ADDRESS = f"{NET}.11"
 CTL_NS = f"ffc-{FLEET}"
 INVENTORY = ROOT / f"build/hosts/{FLEET}/hosts.yml"
@@ -251,7 +253,7 @@ def test_prebuilt_wheelhouse_of_the_same_release_is_byte_identical():
         # host's release is not touched - the controller's new build is the one change.
         assert len(builds) == 2 and len({b["digest"] for b in builds}) == 1, builds
         assert changed == 1, out[-4000:]
-        assert re.search(r"changed: \[app1 -> localhost\]", out)
+        assert re.search(rf"changed: \[{HOST} -> localhost\]", out)
 
 
 @pytest.mark.slow

@@ -365,6 +365,12 @@ def up(fleet: Fleet, count: int, image: str = "bare") -> dict:
         log(f"fleet {fleet.name}: replacing the running hosts")
         down(fleet)
     t0 = time.monotonic()
+    # A fact cache (tests/conftest.py) may hold facts of an earlier host of the same name: not this one.
+    if os.environ.get("ANSIBLE_CACHE_PLUGIN_CONNECTION"):
+        names = {fleet.host_name(i) for i in range(1, count + 1)}
+        for cached in Path(os.environ["ANSIBLE_CACHE_PLUGIN_CONNECTION"]).glob("*"):
+            if cached.name.rpartition("_")[2] in names:  # ansible names them <schema prefix>_<host>
+                cached.unlink()
     rootfs = ensure_rootfs()
     lower = f"{ensure_deploy_layer(rootfs)}:{rootfs}" if image == "deploy" else str(rootfs)
     t_rootfs = time.monotonic() - t0
