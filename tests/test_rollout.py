@@ -20,11 +20,26 @@ import pytest
 from conftest import ROOT, VENV_BIN, parse_wrk, venv_env
 
 pytestmark = pytest.mark.hosts
-FLEET, NET, HOSTS = "roll", "10.231.5", ["roll1", "roll2", "roll3"]
-CTL_NS = f"ffc-{FLEET}"
-LB = f"{NET}.1:8080"
-BUILD = ROOT / "build" / "rollout"
+# The module runs against each app server (flask_app_server) on its own fleet: waitress, every scenario, in
+# `make test`; granian (marked extended) the scenarios that prove its guarantees, first switched to from a
+# waitress release. Set by use_server() before the fleet starts.
+SERVERS = {"waitress": ("roll", "10.231.5"), "granian": ("groll", "10.231.17")}
+GRANIAN_SCENARIOS = {
+    "test_switching_the_app_server_rolls_the_backends_one_by_one", "test_rollout_of_a_new_version_drops_nothing",
+    "test_broken_release_halts_after_first_batch_and_rolls_back", "test_a_changed_setting_restarts_only_what_it_touches"}
+SERVER = FLEET = NET = CTL_NS = LB = BUILD = RESULTS_FILE = None
+HOSTS = []
 RESULTS = {}
+
+
+def use_server(server):
+    global SERVER, FLEET, NET, HOSTS, CTL_NS, LB, BUILD, RESULTS_FILE
+    SERVER, (FLEET, NET) = server, SERVERS[server]
+    HOSTS = [f"{FLEET}{i}" for i in (1, 2, 3)]
+    CTL_NS, LB = f"ffc-{FLEET}", f"{NET}.1:8080"
+    suffix = "" if server == "waitress" else f"-{server}"
+    BUILD, RESULTS_FILE = ROOT / "build" / f"rollout{suffix}", ROOT / f"build/rollout-results{suffix}.json"
+    RESULTS.clear()
 
 
 def hosts_tool(*args):
@@ -56,7 +71,7 @@ def playbook(name, load=True, limit_host=None, tags=None, target=None, conns=60,
     """Run a playbook against the fleet, with the wrk load around it (through the load balancer, or at
     `target`). Returns (rc, output, seconds, load)."""
     extra = {
-        "nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache": False,
+        "nginx_linux_apt_update_cache": False, "flask_app_linux_apt_update_cache": False, "flask_app_server": SERVER,
         "deploy_serial": 1, "lb_dir": str(BUILD / "lb"), "lb_listen": LB,
         "lb_hosts": "{{ groups['app_servers'] }}",
         "deploy_lb_drain_tasks": str(ROOT / "tests/rollout/lb_drain.yml"),
@@ -164,7 +179,7 @@ def record(name, seconds, stats, rc):
     RESULTS[name] = {"rc": rc, "seconds": round(seconds, 1),
                      **({k: v for k, v in stats.items() if k != "raw"} if stats else {})}
     (ROOT / "build").mkdir(exist_ok=True)
-    (ROOT / "build/rollout-results.json").write_text(json.dumps(RESULTS, indent=2) + "\n")
+    RESULTS_FILE.write_text(json.dumps(RESULTS, indent=2) + "\n")
     if stats:
         print(f"{name}: {stats['failed']} failed / {stats['requests']} requests, rollout {seconds:.1f} s")
 
@@ -190,10 +205,11 @@ def assert_no_failures(name, stats, hosts=None):
                                   f"{nginx_evidence(hosts or HOSTS)}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fleet():
+@pytest.fixture(scope="module", autouse=True, params=["waitress", pytest.param("granian", marks=pytest.mark.extended)])
+def fleet(request):
     if os.geteuid() != 0:
         pytest.skip("test hosts need root")
+    use_server(request.param)
     hosts_tool("down")
     shutil.rmtree(BUILD, ignore_errors=True)
     (BUILD / "lb").mkdir(parents=True)
@@ -201,10 +217,12 @@ def fleet():
     assert up.returncode == 0, up.stderr
     # The load balancer opens a connection per request to the hosts: reuse TIME_WAIT ports.
     subprocess.run(["ip", "netns", "exec", CTL_NS, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"], check=True)
-    # The first deploy, before the load balancer exists (so without its hooks).
-    rc, out, _, _ = playbook("deploy.yml", load=False, flask_app_source_dir=str(release("1.0.0")),
-                             flask_app_version="1.0.0", deploy_serial="100%", deploy_lb_drain_tasks="",
-                             deploy_lb_undrain_tasks="")
+    # The first deploy, before the load balancer exists (so without its hooks). granian's fleet starts on a
+    # waitress release, 0.9.0: its first scenario switches the server (with release 1.0.0).
+    first = {"flask_app_version": "1.0.0"} if SERVER == "waitress" else {"flask_app_version": "0.9.0",
+                                                                        "flask_app_server": "waitress"}
+    rc, out, _, _ = playbook("deploy.yml", load=False, flask_app_source_dir=str(release(first["flask_app_version"])),
+                             deploy_serial="100%", deploy_lb_drain_tasks="", deploy_lb_undrain_tasks="", **first)
     assert rc == 0, out[-3000:]
     rc, out, _, _ = playbook("tests/rollout/lb_start.yml", load=False)
     assert rc == 0, out[-3000:]
@@ -212,6 +230,40 @@ def fleet():
     if (BUILD / "lb/lb.pid").exists():
         subprocess.run(["nginx", "-s", "quit", "-c", str(BUILD / "lb/lb.conf")], check=False)
     hosts_tool("down")
+
+
+@pytest.fixture(autouse=True)
+def scenario(request):
+    name = request.node.originalname
+    if SERVER == "waitress" and name == "test_switching_the_app_server_rolls_the_backends_one_by_one":
+        pytest.skip("the switch to another server is the granian form's first scenario")
+    if SERVER != "waitress" and (name not in GRANIAN_SCENARIOS or "full" in request.node.name):
+        pytest.skip(f"run with waitress only (the {SERVER} form keeps the scenarios that prove its guarantees)")
+
+
+def server_of(host, port):
+    """The launcher the backend's process runs (graceful_waitress.py / graceful_granian.py)."""
+    cmdline = on(host, "cat", f"/proc/{backend(host, port)['pid']}/cmdline").stdout.split("\0")
+    return next(re.sub(r"^graceful_|[.]py$", "", os.path.basename(a)) for a in cmdline if "graceful_" in a)
+
+
+def test_switching_the_app_server_rolls_the_backends_one_by_one():
+    """From waitress (release 0.9.0) to the server under test (release 1.0.0: the server is part of the
+    release's wheelhouse), under load through the load balancer: one host at a time, on each one backend at a
+    time (each stops gracefully under the server it runs), 0 failed."""
+    before = fleet_state()
+    assert {server_of(h, p) for h in HOSTS for p in (8001, 8002)} == {"waitress"}
+    rc, out, seconds, stats = playbook("deploy.yml", flask_app_source_dir=str(release("1.0.0")),
+                                       flask_app_version="1.0.0")
+    record(f"switch waitress -> {SERVER}", seconds, stats, rc)
+    assert rc == 0, out[-3000:]
+    after = fleet_state()
+    assert versions(after) == {h: ["1.0.0"] for h in HOSTS}
+    assert all(after[h][p]["pid"] != before[h][p]["pid"] for h in HOSTS for p in (8001, 8002))
+    assert {server_of(h, p) for h in HOSTS for p in (8001, 8002)} == {SERVER}
+    # One host at a time (each out of the load balancer while its backends restart, one by one).
+    assert lb_events() == [f"{e} {h}" for h in HOSTS for e in ("drain", "undrain")]
+    assert_no_failures(f"switch waitress -> {SERVER}", stats)
 
 
 def test_switching_current_alone_moves_no_backend():
@@ -303,9 +355,11 @@ def test_rollback_playbook_checks_first_and_never_leaves_a_host_out():
 
 
 def test_a_changed_setting_restarts_only_what_it_touches():
-    # All hosts in one batch: what restarts is the subject here (batches are tested above and below).
-    app = {"flask_app_source_dir": str(release("1.0.0")), "flask_app_version": "1.0.0", "deploy_serial": "100%"}
+    # All hosts in one batch: what restarts is the subject here (batches are tested above and below). The
+    # release the fleet runs (1.0.0 after the rollback; 1.1.0 in the granian form, which has no rollback).
     before = fleet_state()
+    (live,) = set(sum(versions(before).values(), []))
+    app = {"flask_app_source_dir": str(release(live)), "flask_app_version": live, "deploy_serial": "100%"}
     nginx_before = {h: nginx_master(h) for h in HOSTS}
     # An nginx-only setting: reloads nginx, restarts no backend.
     rc, out, seconds, stats = playbook("deploy.yml", **app, nginx_client_max_body_size="5m")
@@ -331,7 +385,7 @@ def test_a_changed_setting_restarts_only_what_it_touches():
     assert rc == 0, out[-3000:]
     grown = {h: {p: backend(h, p) for p in (8001, 8002, 8003)} for h in HOSTS}
     assert all(grown[h][p]["pid"] == after[h][p]["pid"] for h in HOSTS for p in (8001, 8002))
-    assert all(grown[h][8003]["version"] == "1.0.0" for h in HOSTS)
+    assert all(grown[h][8003]["version"] == live for h in HOSTS)
 
 
 @pytest.mark.parametrize("scope", ["short", pytest.param("full", marks=pytest.mark.slow)])
