@@ -355,6 +355,7 @@ def wait_sshd(fleet: Fleet, host: str, address: str) -> None:
 def up(fleet: Fleet, count: int, image: str = "bare") -> dict:
     if count < 1 or count > 50:
         raise SystemExit("error: --count must be 1..50")
+    refuse_foreign(fleet)
     state = fleet.state()
     if state.get("hosts"):
         if (len(state["hosts"]) == count and state.get("image", "bare") == image
@@ -468,6 +469,32 @@ def ns_pids(ns: str) -> list[int]:
     return [int(p) for p in out(["ip", "netns", "pids", ns]).split()]
 
 
+def foreign_hosts(fleet: Fleet) -> list[str]:
+    """Hosts of this fleet's name booted by another checkout (their root is under its build/): the network
+    namespaces are machine-wide, so this checkout's up or down of the same name would tear them down."""
+    nets = re.compile(rf"--network-namespace-path=/run/netns/ffh-{fleet.name}\d+(\s|$)")
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        where = re.search(r"--directory=(\S+)", cmd)
+        if (cmd.startswith("systemd-nspawn ") and nets.search(cmd) and where
+                and not where.group(1).startswith(f"{fleet.dir}/")):
+            found.append(where.group(1))
+    return found
+
+
+def refuse_foreign(fleet: Fleet) -> None:
+    foreign = foreign_hosts(fleet)
+    if foreign:
+        raise SystemExit(f"error: fleet {fleet.name} is running from another checkout ({', '.join(sorted(foreign))}); "
+                         "not touching it: use another --fleet (and --net), or take it down from there")
+
+
 def fleet_processes(fleet: Fleet) -> list[int]:
     """nspawn processes of this fleet and ssh clients (ControlPersist masters) aimed at it."""
     found = []
@@ -503,6 +530,7 @@ def fleet_namespaces(fleet: Fleet) -> list[str]:
 
 
 def down(fleet: Fleet) -> None:
+    refuse_foreign(fleet)
     t0 = time.monotonic()
     state = fleet.state()
     hosts = state.get("hosts", {})
