@@ -25,9 +25,9 @@ test host's PID namespace. (Not the units' cgroup cpu.stat: every nspawn host on
 units in the same cgroup paths, so a unit's cpu.stat sums the same-named units of all running test hosts.)
 wrk's is its rusage from wait4 (exact).
 
-Writes bench/results/latest.json (a list of rows), latest.meta.json and latest.png (or --out DIR),
-and prints a table.
-  bench/run.py [--quick] [--duration S] [--concurrency 500,1000,5000] [--only a,b] [-e var=value ...]
+Writes bench/results/latest.json (a list of rows), latest.meta.json (how it ran, and issue 15's targets
+met or not) and latest.png (or --out DIR), and prints a table and the targets.
+  bench/run.py [--quick] [--duration S] [--concurrency 500,1000,5000] [--only a,b] [-e [SERVER:]var=value ...]
 --quick: short runs at low concurrency plus a deliberately failing topology, to check the harness itself.
 """
 
@@ -128,6 +128,13 @@ def measure(ns: str, url: str, conns: int, seconds: float, tiers=None, direct: b
     out, wrk_cpu = finish(wrk(ns, url, conns, seconds, **kw), seconds + 120)
     after = tiers() if tiers else {}
     result = wrk_summary(out)
+    # Mean and longest latency beside the percentiles: connections a server leaves waiting for seconds make few
+    # requests, so p99 (per request) can look short while they starve; mean x req/s = connections shows it.
+    lat = re.search(r"^\s+Latency\s+([\d.]+)(us|ms|s|m)\s+\S+\s+([\d.]+)(us|ms|s|m)", out, re.M)
+    if lat:
+        unit = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+        result["mean_ms"] = round(float(lat.group(1)) * unit[lat.group(2)], 1)
+        result["max_ms"] = round(float(lat.group(3)) * unit[lat.group(4)], 1)
     if tiers and result["requests"]:
         cpu = {t: after[t] - before.get(t, 0.0) for t in after} | {"wrk": wrk_cpu}
         # CPU ms per 1,000 requests = CPU s per request x 1e6.
@@ -334,6 +341,41 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """Issue 15's targets for each app server, from this run's rows (c=1000 unless stated)."""
+    def row(top: str, c: int = 1000, scenario: str = "test") -> dict | None:
+        return next((r for r in rows if (r["topology"], r["concurrency"], r["scenario"]) == (top, c, scenario)), None)
+
+    out = []
+    gun = row("nginx+gunicorn4")
+    for server in SERVERS:
+        ours, direct = row(f"ours-{server}"), row(f"ours-direct-{server}")
+        if not ours:
+            continue
+        iso = next((r for r in rows if r["topology"] == f"ours-{server}" and r["scenario"].startswith("test+")), None)
+        checks = []
+        if gun:
+            checks += [(f"req/s >= 1.5 x nginx+gunicorn4's", ours["rps"] / gun["rps"] >= 1.5,
+                        f"{ours['rps']:.0f} vs {gun['rps']:.0f} ({ours['rps'] / gun['rps']:.2f}x)"),
+                       ("p99 <= nginx+gunicorn4's", ours["p99_ms"] <= gun["p99_ms"],
+                        f"{ours['p99_ms']:.0f} ms vs {gun['p99_ms']:.0f} ms")]
+        errs = {c: r["errors"] for c in (500, 1000, 5000) if (r := row(f"ours-{server}", c))}
+        checks.append(("0 errors at " + "/".join(map(str, errs)), not any(errs.values()),
+                       " / ".join(map(str, errs.values()))))
+        if direct:
+            checks.append(("req/s >= 0.75 x ours-direct", ours["rps"] / direct["rps"] >= 0.75,
+                           f"{ours['rps']:.0f} vs {direct['rps']:.0f} ({ours['rps'] / direct['rps']:.2f}x)"))
+        if ours.get("nginx_share") is not None:
+            checks.append(("nginx's share of the stack's CPU <= 25 %", ours["nginx_share"] <= 0.25,
+                           f"{100 * ours['nginx_share']:.0f} %"))
+        if iso:
+            checks.append((f"{iso['scenario']}: 0 failed /test, p99 <= 2 x without",
+                           iso["errors"] == 0 and iso["p99_ms"] <= 2 * iso["baseline_p99_ms"],
+                           f"{iso['errors']} failed, p99 {iso['p99_ms']:.0f} vs {iso['baseline_p99_ms']:.0f} ms"))
+        out += [{"topology": f"ours-{server}", "target": t, "met": bool(met), "measured": m} for t, met, m in checks]
+    return out
+
+
 def chart(rows: list[dict], path: Path) -> None:
     """Three panels per topology: req/s and error rate per concurrency, p50/p99 at c=1000 (or the
     highest concurrency run)."""
@@ -384,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default=None)
     ap.add_argument("--only", default=",".join(TOPOLOGIES))
     ap.add_argument("--out", default=str(ROOT / "bench/results"))
-    ap.add_argument("-e", dest="extra", action="append", default=[], help="extra var for the deploy of ours")
+    ap.add_argument("-e", dest="extra", action="append", default=[],
+                    help="extra var for the deploys of ours: var=value, or SERVER:var=value for one app server's")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("error: make bench needs root (network namespaces, test hosts)")
@@ -422,8 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         ours, url = Ours(), "http://127.0.0.1/test"
         for i, server in enumerate(servers):
             # The app server is part of a release: each server after the first comes as a new version.
-            ours.deploy([*args.extra, f"flask_app_server={server}", *(app_release(f"1.0.{i}") if i else [])],
-                        fresh=i == 0)
+            extra = [e.split(":", 1)[1] if ":" in e.split("=", 1)[0] else e for e in args.extra
+                     if ":" not in e.split("=", 1)[0] or e.startswith(f"{server}:")]
+            ours.deploy([*extra, f"flask_app_server={server}", *(app_release(f"1.0.{i}") if i else [])], fresh=i == 0)
             top, direct_top = f"ours-{server}", f"ours-direct-{server}"
             measure(ours.ns, url, min(50, concs[0]), 1)
             for c in concs:
@@ -461,9 +505,12 @@ def main(argv: list[str] | None = None) -> int:
             "one thread per backend)", "fleet": FLEET, "extra_vars": args.extra, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     # latest.json is the list of rows (the documented interface); how they were produced goes beside it.
     (out / "latest.json").write_text(json.dumps(rows, indent=2) + "\n")
+    meta["targets"] = targets(rows)
     (out / "latest.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     chart(rows, out / "latest.png")
     print(table(rows))
+    for t in targets(rows):
+        print(f"{t['topology']:<14} {t['target']:<48} {'met' if t['met'] else 'NOT met':<8} {t['measured']}")
     print(f"\nwrote {out / 'latest.json'} and {out / 'latest.png'} ({meta['wall_s']} s)")
     return 0
 

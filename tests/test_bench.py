@@ -33,7 +33,7 @@ def test_every_topology_produced_a_row(quick):
     assert {r["topology"] for r in rows} >= set(TOPOLOGIES)
     for r in rows:
         assert r["requests"] > 0 and r["rps"] > 0 and r["duration_s"] > 0, r
-        assert 0 < r["p50_ms"] <= r["p99_ms"], r
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] and 0 < r["mean_ms"] <= r["max_ms"], r
         assert set(r) >= {"topology", "concurrency", "duration_s", "requests", "rps", "p50_ms", "p99_ms", "errors"}
         assert r["topology"] in table
 
