@@ -127,3 +127,20 @@ def test_granian_backend_runs_its_launcher_under_nssm_with_the_same_settings(tmp
         "--threads=48", "--connection-limit=64", "--channel-timeout=120", "--max-request-body-size=10485760",
         "--backlog=4096", "--call", "sampleapp:create_app"]
     assert int(reg["AppStopMethodConsole"]["data"]) == 42000
+
+
+@pytest.mark.parametrize(("target", "python", "wheel"), [
+    ("windows", "3.12", "granian-2.8.7-cp312-cp312-win_amd64.whl"),
+    ("linux", "3.11", "granian-2.8.7-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl")])
+def test_the_wheelhouse_carries_granians_wheel_for_the_target(tmp_path, target, python, wheel):
+    """flask_app_server granian: the controller-built wheelhouse holds granian's binary wheel for the target
+    (win_amd64 for Windows, manylinux for Linux) and its requirement (click), one version of each."""
+    version = yaml.safe_load((ROOT / "roles/flask_app/defaults/main.yml").read_text())["flask_app_granian_version"]
+    run = subprocess.run([str(VENV_BIN / "python"), str(ROOT / "roles/flask_app/files/build_wheelhouse.py"),
+                          f"--source={ROOT / 'sample_app'}", "--version=1.0.0", f"--server=granian=={version}",
+                          f"--target={target}", f"--python={python}", "--name=sampleapp", f"--out={tmp_path}"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert wheel in out["wheels"] and any(w.startswith("click-") for w in out["wheels"]), out["wheels"]
+    assert not [w for w in out["wheels"] if w.startswith("granian-") and w != wheel]
