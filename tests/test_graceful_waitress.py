@@ -253,8 +253,10 @@ def test_the_release_file_names_the_release_and_the_pid_once_listening(tmp_path,
     (release / ".installed").write_text("1.2.3 0123456789abcdef\n")
     marker = tmp_path / "sampleapp-8001.release"
     proc = start([str(release / launcher.name), f"--release-file={marker}"], port)
-    assert marker.read_text() == f"1.2.3 0123456789abcdef {proc.pid}\n"
-    proc.send_signal(signal.SIGTERM)
+    try:
+        assert marker.read_text() == f"1.2.3 0123456789abcdef {proc.pid}\n"
+    finally:
+        proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
 
 
