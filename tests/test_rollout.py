@@ -81,9 +81,10 @@ def playbook(name, load=True, limit_host=None, tags=None, target=None, conns=60,
     extra_file = BUILD / "extra.json"
     extra_file.write_text(json.dumps(extra))
     wrk = None
+    # The load lasts until the run ends (it is interrupted then): -d only bounds it above the run's timeout.
     if load:
         wrk = subprocess.Popen(
-            ["ip", "netns", "exec", CTL_NS, "wrk", "-t2", f"-c{conns}", "-d300s", "--timeout", "10s",
+            ["ip", "netns", "exec", CTL_NS, "wrk", "-t2", f"-c{conns}", "-d1300s", "--timeout", "10s",
              "-s", str(ROOT / "tests/rollout/mixed.lua"), f"http://{target or LB}/"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "WRK_PACE_MS": str(pace_ms)})
         time.sleep(2)  # the load is running before the rollout starts
