@@ -49,3 +49,14 @@ def fleet_fact_cache(request, tmp_path_factory):
     yield
     for key in ("ANSIBLE_CACHE_PLUGIN", "ANSIBLE_CACHE_PLUGIN_CONNECTION"):
         os.environ.pop(key, None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """A module's SLOW_FORMS ({fleet parameter: test names}) marks those forms slow (make test-slow only);
+    tryfirst: before -m deselects by marker."""
+    for item in items:
+        forms = getattr(item.module, "SLOW_FORMS", None)
+        callspec = getattr(item, "callspec", None)
+        if forms and callspec and item.originalname in forms.get(callspec.params.get("fleet"), ()):
+            item.add_marker(pytest.mark.slow)

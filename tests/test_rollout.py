@@ -27,6 +27,10 @@ SERVERS = {"waitress": ("roll", "10.231.5"), "granian": ("groll", "10.231.17")}
 GRANIAN_SCENARIOS = {
     "test_switching_the_app_server_rolls_the_backends_one_by_one", "test_rollout_of_a_new_version_drops_nothing",
     "test_broken_release_halts_after_first_batch_and_rolls_back", "test_a_changed_setting_restarts_only_what_it_touches"}
+# Of those, make test-extended runs the switch (a new release rolled onto granian under load) and the changed
+# setting; these two repeat a rollout through the same tasks and run in make test-slow (conftest: SLOW_FORMS).
+SLOW_FORMS = {"granian": {"test_rollout_of_a_new_version_drops_nothing",
+                          "test_broken_release_halts_after_first_batch_and_rolls_back"}}
 SERVER = FLEET = NET = CTL_NS = LB = BUILD = RESULTS_FILE = None
 HOSTS = []
 RESULTS = {}
@@ -291,7 +295,8 @@ def test_switching_current_alone_moves_no_backend():
 def test_rollout_of_a_new_version_drops_nothing():
     lb_events()
     before = fleet_state()
-    assert set(sum(versions(before).values(), [])) == {"1.0.0"}
+    # One release everywhere: 1.0.0, or the granian fleet's 0.9.0 when make test-slow runs this without the switch.
+    assert len(set(sum(versions(before).values(), []))) == 1, versions(before)
     watcher = CurrentWatcher()
     watcher.start()
     # A ramp: one host first, then the other two.
