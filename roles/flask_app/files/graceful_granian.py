@@ -95,9 +95,10 @@ def load_app(target: str, call: bool):
 def listen(address: str, backlog: int) -> socket.socket:
     host, _, port = address.rpartition(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if os.name == "nt":  # nobody else may bind the port beside it
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_EXCLUSIVEADDRUSE, 1)
-    else:  # a restart may bind while the old connections are in TIME_WAIT
+    # A restart must bind while the old process's connections are in TIME_WAIT: Linux needs SO_REUSEADDR for that;
+    # Windows allows it by default but not under SO_EXCLUSIVEADDRUSE until they are gone (minutes), while
+    # its SO_REUSEADDR would let another socket bind the port in use (what Rust's std, tokio and mio do there too).
+    if os.name != "nt":
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, int(port)))
     sock.listen(backlog)
@@ -126,6 +127,15 @@ def serve(a: argparse.Namespace, graceful_timeout: float, release_file: str | No
         write_release_file(release_file)
     signal_ = WorkerSignal()
     drained = threading.Event()
+    stopping: list[float] = []
+
+    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        if not stopping:
+            stopping.append(time.monotonic())
+            signal_.set()
+
+    # Before the worker accepts, so that every stop drains (one before serve_mtr waits in signal_ for the worker).
+    on_stop(request_stop)
     # Called by the worker once its accept loop ended and every connection is done.
     signal_.add_cb(drained.set)
     # granian takes the socket over: on Linux its listener owns the descriptor, on Windows it listens on a
@@ -149,14 +159,6 @@ def serve(a: argparse.Namespace, graceful_timeout: float, release_file: str | No
     worker.serve_mtr(_new_cbscheduler(loop, callback, impl_asyncio=True), loop, signal_)
     del worker
     log.info("Serving on http://%s (granian, pid %d)", a.listen, os.getpid())
-    stopping: list[float] = []
-
-    def request_stop(signum, frame):  # noqa: ARG001 - signal handler signature
-        if not stopping:
-            stopping.append(time.monotonic())
-            signal_.set()
-
-    on_stop(request_stop)
     while not drained.wait(0.2):
         if stopping and time.monotonic() - stopping[0] >= graceful_timeout:
             log.warning("stopped accepting; connection(s) still open at the graceful timeout (%.0f s)",
