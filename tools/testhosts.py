@@ -469,18 +469,23 @@ def ns_pids(ns: str) -> list[int]:
     return [int(p) for p in out(["ip", "netns", "pids", ns]).split()]
 
 
+def command_lines():
+    """(pid, command line) of every running process (one that exits meanwhile is left out)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            yield int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+
+
 def foreign_hosts(fleet: Fleet) -> list[str]:
     """Hosts of this fleet's name booted by another checkout (their root is under its build/): the network
     namespaces are machine-wide, so this checkout's up or down of the same name would tear them down."""
     nets = re.compile(rf"--network-namespace-path=/run/netns/ffh-{fleet.name}\d+(\s|$)")
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
+    for _, cmd in command_lines():
         where = re.search(r"--directory=(\S+)", cmd)
         if (cmd.startswith("systemd-nspawn ") and nets.search(cmd) and where
                 and not where.group(1).startswith(f"{fleet.dir}/")):
@@ -500,15 +505,9 @@ def fleet_processes(fleet: Fleet) -> list[int]:
     found = []
     # Exact names: fleet rel must not match fleet relx's hosts (/run/netns/ffh-relx1).
     marks = re.compile(rf"{re.escape(str(fleet.dir))}/|/run/netns/ffh-{fleet.name}\d+(\s|$)|exec {fleet.ctl_ns} ")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marks.search(cmd) and int(entry.name) != os.getpid():
-            found.append(int(entry.name))
+    for pid, cmd in command_lines():
+        if marks.search(cmd) and pid != os.getpid():
+            found.append(pid)
     return found
 
 
