@@ -214,6 +214,8 @@ BAD_INPUTS = [
     ("no worker threads", {"flask_app_threads": 0}, ["flask_app_threads", ">= 1"]),
     ("connection limit below threads", {"flask_app_connection_limit": 4},
      ["flask_app_connection_limit", ">= flask_app_threads"]),
+    ("upstream idle pool the backends cannot hold", {"nginx_upstream_keepalive": 64, "nginx_worker_processes": 2},
+     ["nginx_upstream_keepalive (64) x worker processes (2)", "nginx_upstream_connection_limit (64)"]),
     ("stop budget below waitress shutdown", {"flask_app_stop_timeout_ms": 2000}, ["flask_app_stop_timeout_ms"]),
     ("environment key not an identifier", {"flask_app_environment": {"BAD KEY": "x"}},
      ["flask_app_environment keys", "identifiers"]),

@@ -89,6 +89,24 @@ def test_upstream_is_exactly_the_backend_list(rendered):
         assert directive in conf
 
 
+@pytest.mark.parametrize("platform, extra, limit, pool", [
+    # (waitress: the rendered fixture above - none on Linux, 64 on Windows, connection limit 64)
+    ("linux", {"flask_app_server": "granian"}, 256, 64),  # kept-alive, room for 2 workers x 64
+    ("linux", {"flask_app_server": "granian", "vcpus": 8}, 256, 31),  # 8 workers: capped below the limit
+    ("windows", {"flask_app_server": "granian", "vcpus": 8}, 256, 64),  # one worker cannot starve itself
+])
+def test_upstream_idle_pool_follows_the_app_server(tmp_path, platform, extra, limit, pool):
+    """nginx's idle pool to the backends, as the deploy wires it from flask_app_upstream: the platform's or the
+    app server's preferred pool, capped so that worker processes x pool stays below the backends' connection
+    limit (an idle connection of one worker holds a slot another worker's new connection waits for)."""
+    out = render(tmp_path, platform, **extra)
+    service = json.loads((out / "settings.json").read_text())["arguments"]
+    assert f"--connection-limit={limit}" in service
+    upstream = re.search(r"upstream sampleapp \{(.*?)\}", (out / "nginx.conf").read_text(), re.S).group(1)
+    found = re.search(r"keepalive (\d+);", upstream)
+    assert (int(found[1]) if found else None) == pool, upstream
+
+
 def test_platform_specific_worker_settings(rendered):
     platform, out = rendered
     conf = (out / "nginx.conf").read_text()
@@ -99,6 +117,16 @@ def test_platform_specific_worker_settings(rendered):
     else:
         assert "worker_processes auto;" in conf and "user www-data;" in conf
         assert "worker_rlimit_nofile 16384;" in conf and "worker_connections 8192;" in conf
+
+
+def test_a_buffered_access_log_is_valid_nginx(tmp_path):
+    """nginx_access_log_buffer: the access log is written in blocks (flushed every second), and nginx -t takes it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    out = render(tmp_path, "linux", nginx_access_log_buffer="64k")
+    assert re.search(r"^\s*access_log \S+/access\.log upstream buffer=64k flush=1s;$", (out / "nginx.conf").read_text(), re.M)
+    res = nginx_t(out / "nginx.conf", "linux")
+    assert res.returncode == 0, res.stderr
 
 
 def test_nginx_rejects_a_broken_value(tmp_path):
