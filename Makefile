@@ -14,7 +14,7 @@ help:
 	@echo "make test        setup + lint + pytest + molecule (what CI runs)"
 	@echo "make test-extended  deploy/host faults, Django proof, status, uninstall, lock, collection jobs (CI runs it after make test)"
 	@echo "make test-slow   the long load scenarios (straight-at-host rollouts, 10-min soak, app rolls)"
-	@echo "make bench       load comparison: the seed's peers vs the converged stack (~10 min)"
+	@echo "make bench       load comparison: the seed's peers vs the converged stack, converge scaling (~20 min)"
 	@echo "make molecule    converge/idempotence/check/verify on local systemd hosts"
 	@echo "make status      health summary of every host (inventory/local), non-zero if anything is down"
 	@echo "make lint        yamllint + ansible-lint (production profile + win-args/win-ps/win-tasks)"
