@@ -117,14 +117,15 @@ def test_static_files_location_through_current_passes_nginx_t(tmp_path, platform
 def test_granian_backend_runs_its_launcher_under_nssm_with_the_same_settings(tmp_path):
     """flask_app_server granian on Windows: NSSM starts the release's python with graceful_granian.py and the
     same launcher options as waitress's (the proxy-header rules are built into the launcher, so waitress's
-    --trusted-proxy flags are gone); the stop budget and Ctrl-C stop method are the same."""
+    --trusted-proxy flags are gone) but granian's own connection limit (256: room for nginx's kept-alive pool);
+    the stop budget and Ctrl-C stop method are the same."""
     s = json.loads((render(tmp_path, "windows", flask_app_server="granian") / "settings.json").read_text())
     reg = {(r.get("key", "") + "\\" + r["name"]).lstrip("\\"): r for r in s["nssm_registry"]}
     release = r"C:\Program Files\sampleapp\releases\1.0.0"
     assert cmdline_to_argv(reg["AppParameters"]["data"]) == [
         release + r"\graceful_granian.py", "--graceful-timeout=35",
         r"--release-file=C:\ProgramData\sampleapp\logs\sampleapp-8001.release", "--listen=127.0.0.1:8001",
-        "--threads=48", "--connection-limit=64", "--channel-timeout=120", "--max-request-body-size=10485760",
+        "--threads=48", "--connection-limit=256", "--channel-timeout=120", "--max-request-body-size=10485760",
         "--backlog=4096", "--call", "sampleapp:create_app"]
     assert int(reg["AppStopMethodConsole"]["data"]) == 42000
 
