@@ -430,8 +430,8 @@ def test_keepalive_clients_straight_at_a_host(scope):
                                        flask_app_source_dir=str(release("1.1.0"))).values()} == {"1.1.0"}
     assert {b["version"] for b in step("direct: rollback", "playbooks/rollback.yml", flask_app_threads=7,
                                        flask_app_rollback_to="1.0.0").values()} == {"1.0.0"}
-    # Upstream keep-alive on (with a connection limit above what nginx's workers keep idle): applied without load (a reload resets idle client connections: measured in
-    # test_reliability), then the rolling restart under load.
+    # Upstream keep-alive on, with a connection limit above what nginx's workers keep idle: applied without load
+    # (a reload resets idle client connections: measured in test_reliability), then the rolling restart under load.
     keepalive = {"nginx_upstream_keepalive": 64, "flask_app_connection_limit": 160}
     rc, out, _, _ = playbook("deploy.yml", load=False, limit_host=host,
                              **{**base, "flask_app_threads": 7, **keepalive})

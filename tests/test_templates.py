@@ -124,7 +124,8 @@ def test_a_buffered_access_log_is_valid_nginx(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("needs root")
     out = render(tmp_path, "linux", nginx_access_log_buffer="64k")
-    assert re.search(r"^\s*access_log \S+/access\.log upstream buffer=64k flush=1s;$", (out / "nginx.conf").read_text(), re.M)
+    conf = (out / "nginx.conf").read_text()
+    assert re.search(r"^\s*access_log \S+/access\.log upstream buffer=64k flush=1s;$", conf, re.M)
     res = nginx_t(out / "nginx.conf", "linux")
     assert res.returncode == 0, res.stderr
 
